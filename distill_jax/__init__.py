@@ -1,0 +1,3 @@
+"""distill_jax: dataset distillation as pure JAX functions."""
+
+__version__ = "0.1.0"
