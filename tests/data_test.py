@@ -1,0 +1,290 @@
+"""Tests of distill_jax.data and distill_jax.local_datasets (offline, fast)."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from distill_jax import data
+from distill_jax import local_datasets
+
+NUM_TRAIN = 30
+NUM_TEST = 20
+
+
+def _write_idx(path, array, compress=True):
+  """Writes a uint8 array as an IDX file."""
+  array = np.asarray(array, np.uint8)
+  header = bytes([0, 0, 0x08, array.ndim])
+  header += b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+  raw = header + array.tobytes()
+  if compress:
+    raw = gzip.compress(raw)
+  with open(path, 'wb') as f:
+    f.write(raw)
+
+
+def _fake_images(rng, n, shape):
+  return rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def _fake_labels(n):
+  return (np.arange(n) % 10).astype(np.uint8)
+
+
+def _write_fake_mnist(directory, seed=0):
+  """Writes tiny MNIST-style IDX files; returns the arrays written."""
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, n in (('train', NUM_TRAIN), ('test', NUM_TEST)):
+    x = _fake_images(rng, n, (28, 28))
+    y = _fake_labels(n)
+    _write_idx(os.path.join(
+        directory, local_datasets.MNIST_FILES[f'{split}_images']), x)
+    _write_idx(os.path.join(
+        directory, local_datasets.MNIST_FILES[f'{split}_labels']), y)
+    arrays[split] = (x, y)
+  return arrays
+
+
+def _write_fake_usps(directory, seed=0):
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  np.savez(os.path.join(directory, 'usps.npz'),
+           x_train=rng.random((NUM_TRAIN, 16, 16), np.float32),
+           y_train=_fake_labels(NUM_TRAIN),
+           x_test=rng.random((NUM_TEST, 16, 16), np.float32),
+           y_test=_fake_labels(NUM_TEST))
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch, tmp_path):
+  """Isolates tests from the user's env vars and default data dir."""
+  monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'default_tfds'))
+  monkeypatch.setattr(data, 'FASHION_MNIST_SYSTEM_DIR',
+                      str(tmp_path / 'no_system_dir'))
+  monkeypatch.setitem(data._SPECS, 'fashion_mnist', data._Spec(
+      True, 'fashion_mnist', None, (str(tmp_path / 'no_system_dir'),)))
+
+
+# IDX parsing.
+
+
+def test_read_idx_roundtrip(tmp_path):
+  x = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+  _write_idx(tmp_path / 'a.gz', x)
+  _write_idx(tmp_path / 'b', x, compress=False)
+  np.testing.assert_array_equal(local_datasets.read_idx(tmp_path / 'a.gz'), x)
+  np.testing.assert_array_equal(local_datasets.read_idx(tmp_path / 'b'), x)
+
+
+def test_read_idx_bad_magic(tmp_path):
+  path = tmp_path / 'bad.gz'
+  path.write_bytes(gzip.compress(b'\x01\x02\x08\x01' + bytes(8)))
+  with pytest.raises(ValueError, match='bad IDX magic') as e:
+    local_datasets.read_idx(path)
+  assert 'bad.gz' in str(e.value)
+
+
+def test_read_idx_size_mismatch(tmp_path):
+  path = tmp_path / 'short'
+  _write_idx(path, np.zeros((5, 2), np.uint8), compress=False)
+  path.write_bytes(path.read_bytes()[:-3])
+  with pytest.raises(ValueError, match='short.*shape'):
+    local_datasets.read_idx(path)
+
+
+def test_read_idx_truncated_gzip(tmp_path):
+  path = tmp_path / 'trunc.gz'
+  _write_idx(path, np.zeros((50, 28, 28), np.uint8))
+  path.write_bytes(path.read_bytes()[:40])
+  with pytest.raises(ValueError, match='trunc.gz.*gzip'):
+    local_datasets.read_idx(path)
+
+
+# Builders.
+
+
+def test_builder_prepares_array_record(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  arrays = _write_fake_mnist(tmp_path / 'manual' / 'mnist')
+  builder = local_datasets.LocalMnist(data_dir=str(tmp_path / 'tfds'),
+                                      file_format='array_record')
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(tmp_path / 'manual')))
+  assert list(tmp_path.glob('tfds/local_mnist/1.0.0/*.array_record*'))
+  ds = builder.as_data_source('train')
+  assert len(ds) == NUM_TRAIN
+  examples = ds.__getitems__(list(range(len(ds))))
+  x = np.stack([e['image'] for e in examples])
+  y = np.array([e['label'] for e in examples])
+  assert x.dtype == np.uint8 and x.shape == (NUM_TRAIN, 28, 28, 1)
+  # Shuffling is disabled: the stored order is the file order.
+  np.testing.assert_array_equal(x[..., 0], arrays['train'][0])
+  np.testing.assert_array_equal(y, arrays['train'][1])
+  assert len(builder.as_data_source('test')) == NUM_TEST
+
+
+def test_builder_label_count_mismatch(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / 'mnist'
+  _write_fake_mnist(directory)
+  _write_idx(directory / local_datasets.MNIST_FILES['train_labels'],
+             _fake_labels(NUM_TRAIN - 1))
+  builder = local_datasets.LocalMnist(data_dir=str(tmp_path / 'tfds'),
+                                      file_format='array_record')
+  with pytest.raises(ValueError, match='train-labels'):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(directory)))
+
+
+def test_npz_missing_keys(tmp_path):
+  np.savez(tmp_path / 'usps.npz', x_train=np.zeros((2, 16, 16)))
+  with pytest.raises(ValueError, match='usps.npz: missing keys'):
+    local_datasets.load_npz_dataset(tmp_path / 'usps.npz', (16, 16, 1))
+
+
+# load().
+
+
+def test_load_local_mnist(tmp_path):
+  arrays = _write_fake_mnist(tmp_path / 'manual' / 'mnist')
+  ds = data.load('mnist', manual_dir=str(tmp_path / 'manual'),
+                 data_dir=str(tmp_path / 'tfds'))
+  assert ds.image_shape == (28, 28, 1)
+  assert ds.x_train.shape == (NUM_TRAIN, 28, 28, 1)
+  assert ds.x_test.shape == (NUM_TEST, 28, 28, 1)
+  assert ds.x_val.shape == (0, 28, 28, 1) and ds.y_val.shape == (0,)
+  assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+  assert ds.num_classes == 10 and len(ds.class_names) == 10
+  assert ds.mean == (0.1307,) and ds.std == (0.3081,)
+  assert ds.source.startswith('local:')
+  expected = (arrays['train'][0][..., None] / 255.0 - 0.1307) / 0.3081
+  np.testing.assert_allclose(ds.x_train, expected, atol=1e-5)
+  np.testing.assert_allclose(
+      data.denormalize(ds.x_train, ds.mean, ds.std),
+      arrays['train'][0][..., None] / 255.0, atol=1e-5)
+
+
+def test_load_env_var_and_dataset_dir(tmp_path, monkeypatch):
+  # The env var may point directly at the dataset's folder.
+  _write_fake_mnist(tmp_path / 'fm')
+  monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path / 'fm'))
+  ds = data.load('fashion_mnist', data_dir=str(tmp_path / 'tfds'))
+  assert ds.class_names[0] == 'T-shirt/top'
+  # Computed stats: uniform random bytes have mean ~0.5.
+  assert abs(ds.mean[0] - 0.5) < 0.05
+  np.testing.assert_allclose(ds.x_train.mean(), 0.0, atol=1e-4)
+  np.testing.assert_allclose(ds.x_train.std(), 1.0, atol=1e-3)
+
+
+def test_load_validation_split_is_stratified_and_disjoint(tmp_path):
+  arrays = _write_fake_mnist(tmp_path / 'mnist')
+  ds = data.load('mnist', manual_dir=str(tmp_path), val_size=10, seed=3,
+                 data_dir=str(tmp_path / 'tfds'))
+  assert ds.x_train.shape[0] == NUM_TRAIN - 10 and ds.x_val.shape[0] == 10
+  np.testing.assert_array_equal(np.bincount(ds.y_val, minlength=10),
+                                np.ones(10))
+  # Rows of train and val are disjoint images of the original train split.
+  rows = {x.tobytes() for x in arrays['train'][0]}
+  raw = lambda x: np.round(  # pylint: disable=g-long-lambda
+      data.denormalize(x, ds.mean, ds.std)[..., 0] * 255).astype(np.uint8)
+  train_rows = {r.tobytes() for r in raw(ds.x_train)}
+  val_rows = {r.tobytes() for r in raw(ds.x_val)}
+  assert not train_rows & val_rows
+  assert train_rows | val_rows == rows
+
+
+def test_load_usps_resize_and_limit(tmp_path):
+  _write_fake_usps(tmp_path / 'usps')
+  ds = data.load('usps', manual_dir=str(tmp_path), image_size=28,
+                 train_limit=20, data_dir=str(tmp_path / 'tfds'))
+  assert ds.x_train.shape == (20, 28, 28, 1)
+  assert ds.x_test.shape == (NUM_TEST, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(ds.y_train), np.full(10, 2))
+
+
+def test_load_is_cached(tmp_path, monkeypatch):
+  _write_fake_mnist(tmp_path / 'mnist')
+  kwargs = dict(manual_dir=str(tmp_path), data_dir=str(tmp_path / 'tfds'))
+  first = data.load('mnist', **kwargs)
+  monkeypatch.setattr(local_datasets, 'BUILDERS', {})  # Would fail if used.
+  second = data.load('mnist', **kwargs)
+  np.testing.assert_array_equal(first.x_train, second.x_train)
+
+
+def test_missing_dataset_message(tmp_path):
+  with pytest.raises(data.DatasetNotFoundError) as e:
+    data.load('fashion_mnist', manual_dir=str(tmp_path), download=False,
+              data_dir=str(tmp_path / 'tfds'))
+  assert isinstance(e.value, FileNotFoundError)
+  msg = str(e.value)
+  for needle in ('manual_dir', '--data_dir', 'DISTILL_JAX_DATA_DIR',
+                 'fashion_mnist/', 'train-images-idx3-ubyte.gz',
+                 'apt-get install dataset-fashion-mnist',
+                 'pip install tensorflow-cpu', str(tmp_path)):
+    assert needle in msg, needle
+  with pytest.raises(data.DatasetNotFoundError, match='usps.npz'):
+    data.load('usps', manual_dir=str(tmp_path), data_dir=str(tmp_path))
+
+
+def test_corrupt_local_file_is_value_error(tmp_path):
+  directory = tmp_path / 'mnist'
+  _write_fake_mnist(directory)
+  path = directory / local_datasets.MNIST_FILES['test_images']
+  path.write_bytes(path.read_bytes()[:50])
+  with pytest.raises(ValueError, match='t10k-images'):
+    data.load('mnist', manual_dir=str(tmp_path),
+              data_dir=str(tmp_path / 'tfds'))
+
+
+def test_unknown_name():
+  with pytest.raises(ValueError, match='supported: .*mnist.*svhn_cropped'):
+    data.load('imagenet')
+  assert 'cifar10_subset' in data.available()
+
+
+def test_online_path_with_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load('mnist', data_dir=str(tmp_path / 'tfds'), val_size=2)
+  assert ds.source == 'tfds:mnist'
+  assert ds.x_train.shape == (10, 28, 28, 1) and ds.x_val.shape[0] == 2
+  assert ds.x_test.shape == (12, 28, 28, 1)
+  assert ds.mean == (0.1307,)
+
+
+# Helpers.
+
+
+def test_class_balanced_indices():
+  y = np.repeat(np.arange(4), [5, 6, 7, 8])
+  rng = np.random.default_rng(0)
+  idx = data.class_balanced_indices(rng, y, 3, 4)
+  assert idx.shape == (12,) and len(set(idx.tolist())) == 12
+  np.testing.assert_array_equal(y[idx], np.repeat(np.arange(4), 3))
+  with pytest.raises(ValueError, match='class 0 has only 5'):
+    data.class_balanced_indices(rng, y, 6, 4)
+
+
+def test_split_validation_stratified():
+  y = np.repeat(np.arange(3), [10, 20, 30])
+  x = np.arange(60)
+  x_tr, y_tr, x_va, y_va = data.split_validation(x, y, 6, seed=0)
+  np.testing.assert_array_equal(np.bincount(y_va), [1, 2, 3])
+  assert len(x_tr) == 54 and not set(x_tr) & set(x_va)
+  np.testing.assert_array_equal(y[x_tr], y_tr)
+
+
+def test_normalize_and_resize():
+  x = np.full((2, 4, 4, 3), 255, np.uint8)
+  out = data.normalize(x, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
+  np.testing.assert_allclose(out[0, 0, 0], [1.0, 2.0, 1.0])
+  np.testing.assert_allclose(
+      data.denormalize(out, (0.5,) * 3, (0.5, 0.25, 0.5)), 1.0)
+  resized = data.resize(np.ones((2, 4, 4, 3), np.float32), 8)
+  assert resized.shape == (2, 8, 8, 3)
+  np.testing.assert_allclose(resized, 1.0, atol=1e-6)
