@@ -1,0 +1,61 @@
+"""The distilled set: learned images and learning rates, plus fixed labels.
+
+Learned quantities live in a dict `learned = {"x": ..., "raw_lr": ...}` (the
+pytree the outer optimiser updates); fixed labels are a separate array. Shapes:
+
+  x:      (S, n, H, W, C)  images of step s = 0..S-1 (n per step)
+  raw_lr: (S * E,)         one learning rate per inner step, lr = softplus(raw)
+  labels: (S, n)           integer class of each image (not learned)
+
+Inner step t (t = 0..S*E-1) uses images x[t % S] with learning rate
+softplus(raw_lr[t]): the order of the steps is part of the distilled data.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def inverse_softplus(y: float) -> float:
+  return float(np.log(np.expm1(y)))
+
+
+def init(key: jax.Array, *, steps: int, epochs: int, num_classes: int,
+         per_class: int, image_shape: tuple[int, int, int], lr_init: float):
+  """Random N(0, 1) images (normalised space), labels [0..C-1] per step.
+
+  Args:
+    key: PRNG key.
+    steps: S, number of distinct distilled batches.
+    epochs: E, passes over the S batches.
+    num_classes: C.
+    per_class: images per class per step.
+    image_shape: (H, W, C).
+    lr_init: initial learning rate of every step.
+
+  Returns:
+    (learned, labels) as described in the module docstring.
+  """
+  n = num_classes * per_class
+  x = jax.random.normal(key, (steps, n, *image_shape), jnp.float32)
+  labels = jnp.tile(jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32),
+                               per_class)[None], (steps, 1))
+  raw_lr = jnp.full((steps * epochs,), inverse_softplus(lr_init), jnp.float32)
+  return {"x": x, "raw_lr": raw_lr}, labels
+
+
+def lrs(learned) -> jax.Array:
+  """Effective per-step learning rates (positive)."""
+  return jax.nn.softplus(learned["raw_lr"])
+
+
+def step_order(steps: int, epochs: int) -> np.ndarray:
+  """Index of the distilled batch used at each inner step."""
+  return np.tile(np.arange(steps), epochs)
+
+
+def sequence(learned, labels, epochs: int):
+  """Per-inner-step inputs (x_t, y_t, lr_t), stacked on a leading axis."""
+  x = jnp.concatenate([learned["x"]] * epochs, axis=0)
+  y = jnp.concatenate([labels] * epochs, axis=0)
+  return x, y, lrs(learned)

@@ -1,0 +1,150 @@
+"""Evaluation of a distilled set on held-out initialisations.
+
+Two protocols:
+  * replay (the Dataset Distillation protocol): train each held-out network
+    with exactly the learned sequence (images of step t mod S, learned lr_t)
+    and report test accuracy;
+  * retrain: train fresh networks on all distilled images with plain
+    minibatch SGD for a number of epochs (the images are then used without
+    their learned order and learning rates).
+
+Both are vmapped over initialisations, in chunks to bound memory, and return
+one accuracy per network so callers report mean +- std.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill_jax import inner
+from distill_jax import meta
+
+
+def _chunks(tree, size: int):
+  n = jax.tree.leaves(tree)[0].shape[0]
+  for start in range(0, n, size):
+    yield jax.tree.map(lambda a: a[start:start + size], tree)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch"))
+def _accuracy_batched(apply_fn, params_batch, x, y, batch: int):
+  """Accuracy of each network in `params_batch` on (x, y)."""
+  n = x.shape[0] // batch * batch
+  xb = x[:n].reshape(-1, batch, *x.shape[1:])
+  yb = y[:n].reshape(-1, batch)
+
+  def one_net(params):
+    def body(correct, xy):
+      bx, by = xy
+      return correct + jnp.sum(jnp.argmax(apply_fn(params, bx), -1) == by), None
+    correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (xb, yb))
+    if n < x.shape[0]:
+      rest = apply_fn(params, x[n:])
+      correct += jnp.sum(jnp.argmax(rest, -1) == y[n:])
+    return correct / x.shape[0]
+
+  return jax.vmap(one_net)(params_batch)
+
+
+def accuracy(apply_fn, params_batch, x, y, *, batch: int = 2000,
+             chunk: int = 25) -> np.ndarray:
+  """Per-network accuracy on the whole of (x, y).
+
+  Args:
+    apply_fn: network apply function (must be hashable, e.g. a function).
+    params_batch: parameters with a leading network axis.
+    x: images (N, H, W, C).
+    y: integer labels (N,).
+    batch: examples per forward pass.
+    chunk: networks evaluated at once.
+
+  Returns:
+    numpy array of accuracies in [0, 1], one per network.
+  """
+  batch = min(batch, x.shape[0])
+  out = [np.asarray(_accuracy_batched(apply_fn, p, x, y, batch))
+         for p in _chunks(params_batch, chunk)]
+  return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "epochs"))
+def _replay(apply_fn, params0_batch, learned, labels, epochs: int):
+  return jax.vmap(lambda p: meta.train(apply_fn, p, learned, labels,
+                                       epochs=epochs, remat="none"))(
+                                           params0_batch)
+
+
+def replay(apply_fn, params0_batch, learned, labels, *, epochs: int,
+           chunk: int = 50):
+  """Trains every network of `params0_batch` on the learned sequence."""
+  outs = [_replay(apply_fn, p, learned, labels, epochs)
+          for p in _chunks(params0_batch, chunk)]
+  return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+
+def replay_accuracy(apply_fn, params0_batch, learned, labels, x, y, *,
+                    epochs: int, batch: int = 2000) -> np.ndarray:
+  """Replay evaluation: accuracy on (x, y) after the learned steps."""
+  params = replay(apply_fn, params0_batch, learned, labels, epochs=epochs)
+  return accuracy(apply_fn, params, x, y, batch=batch)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("apply_fn", "epochs", "batch_size"))
+def _retrain(apply_fn, params0_batch, keys, x, y, lr, epochs: int,
+             batch_size: int):
+  n = x.shape[0]
+  steps_per_epoch = max(1, n // batch_size)
+
+  def train_one(params, key):
+    def epoch(params, k):
+      perm = jax.random.permutation(k, n)[:steps_per_epoch * batch_size]
+      idx = perm.reshape(steps_per_epoch, batch_size)
+
+      def step(p, i):
+        return inner.step(apply_fn, p, x[i], y[i], lr), None
+      params, _ = jax.lax.scan(step, params, idx)
+      return params, None
+    params, _ = jax.lax.scan(epoch, params, jax.random.split(key, epochs))
+    return params
+
+  return jax.vmap(train_one)(params0_batch, keys)
+
+
+def retrain_accuracy(apply_fn, params0_batch, key, x_syn, y_syn, x, y, *,
+                     lr: float, epochs: int, batch_size: int,
+                     batch: int = 2000) -> np.ndarray:
+  """Retrain evaluation: minibatch SGD on the distilled images.
+
+  Args:
+    apply_fn: network apply function.
+    params0_batch: fresh initialisations (leading axis K).
+    key: PRNG key for the minibatch order.
+    x_syn: distilled images, any leading shape ending in (H, W, C).
+    y_syn: their integer labels, same leading shape.
+    x: test images.
+    y: test labels.
+    lr: SGD learning rate.
+    epochs: passes over the distilled images.
+    batch_size: minibatch size (clipped to the number of images).
+    batch: evaluation batch size.
+
+  Returns:
+    Per-network test accuracy.
+  """
+  x_syn = x_syn.reshape(-1, *x_syn.shape[-3:])
+  y_syn = y_syn.reshape(-1)
+  batch_size = min(batch_size, x_syn.shape[0])
+  k = jax.tree.leaves(params0_batch)[0].shape[0]
+  params = _retrain(apply_fn, params0_batch, jax.random.split(key, k), x_syn,
+                    y_syn, jnp.float32(lr), epochs, batch_size)
+  return accuracy(apply_fn, params, x, y, batch=batch)
+
+
+def summary(acc: np.ndarray) -> dict:
+  """mean, std, min, max and count of an accuracy array (in %)."""
+  acc = np.asarray(acc) * 100.0
+  return {"mean": float(acc.mean()), "std": float(acc.std()),
+          "min": float(acc.min()), "max": float(acc.max()), "n": int(acc.size)}

@@ -1,0 +1,222 @@
+"""The host loop of a distillation run: `run(cfg, workdir)`.
+
+It loads data, builds the model and the jitted outer step, then loops:
+real-batch indices from a per-epoch permutation seeded by (seed, epoch), PRNG
+keys folded from the step number, metrics to `metrics.jsonl`, periodic
+validation and orbax checkpoints. Both the batch order and the keys depend
+only on the seed and the step, so `resume=True` continues to the same result
+as an uninterrupted run. No flags, no globals.
+
+Outputs in `workdir`: config.json, metrics.jsonl, checkpoints/,
+distilled.npz, steps/step_XX.png, report.json.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill_jax import checkpoint
+from distill_jax import config as config_lib
+from distill_jax import data
+from distill_jax import distilled
+from distill_jax import evaluate
+from distill_jax import inits
+from distill_jax import models
+from distill_jax import outer
+from distill_jax import progress as progress_lib
+from distill_jax import storage
+from distill_jax import viz
+
+# Fields that may differ between an interrupted run and its resumption.
+_RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
+                "eval_inits", "val_inits", "eval_batch")
+
+
+def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None):
+  return data.load(cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size,
+                   seed=cfg.seed, image_size=cfg.image_size or None,
+                   train_limit=cfg.train_limit or None)
+
+
+def init_source(cfg: config_lib.DistillConfig, model: models.Model,
+                key: jax.Array) -> dict:
+  """The p(theta_0) source for `inits.sample` (see inits.py)."""
+  if cfg.init_mode == "fixed":
+    return {"fixed": model.init(key)}
+  if cfg.init_mode in ("fixed_pretrained", "random_pretrained"):
+    pool, meta = storage.load_pool(cfg.pretrained_pool)
+    if meta.get("arch") != cfg.arch:
+      raise ValueError(
+          f"Pool {cfg.pretrained_pool} holds {meta.get('arch')} networks but "
+          f"arch={cfg.arch}; pretrain a pool for this architecture.")
+    size = jax.tree.leaves(pool)[0].shape[0]
+    if cfg.pool_heldout >= size:
+      raise ValueError(f"pool_heldout={cfg.pool_heldout} leaves no training "
+                       f"networks in a pool of {size}.")
+    return {"pool": jax.tree.map(jnp.asarray, pool),
+            "pool_train": size - cfg.pool_heldout}
+  return {}
+
+
+def _check_resume_config(path: str, cfg: config_lib.DistillConfig) -> None:
+  with open(path) as f:
+    old = json.load(f)
+  new = dataclasses.asdict(cfg)
+  diff = sorted(k for k in new if k not in _RUN_CONTROL and
+                json.dumps(old.get(k)) != json.dumps(new[k]))
+  if diff:
+    raise ValueError(
+        f"--resume with a different configuration: {diff} differ from "
+        f"{path}. Resume with the original flags or use a fresh --workdir.")
+
+
+def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
+  """Real-batch indices of outer step `step`: epoch-wise permutations."""
+  per_epoch = max(1, n // batch)
+  epoch, i = divmod(step, per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[i * batch:(i + 1) * batch].astype(np.int32)
+
+
+def run(cfg: config_lib.DistillConfig, workdir: str, *,
+        dataset: data.Dataset | None = None, data_dir: str | None = None,
+        resume: bool = False, show_progress: bool = True) -> dict:
+  """Distils `cfg.dataset` and writes the outputs to `workdir`.
+
+  Args:
+    cfg: the run configuration.
+    workdir: output directory (created).
+    dataset: an already loaded `data.Dataset` (else loaded from cfg).
+    data_dir: folder with local dataset copies (see `data.load`).
+    resume: continue from the newest checkpoint in `workdir`.
+    show_progress: print a progress line to stderr.
+
+  Returns:
+    The final report (also written to workdir/report.json).
+  """
+  cfg.validate()
+  os.makedirs(workdir, exist_ok=True)
+  cfg_path = os.path.join(workdir, "config.json")
+  if resume and os.path.exists(cfg_path):
+    _check_resume_config(cfg_path, cfg)
+  storage.atomic_write(cfg_path, lambda f: f.write(cfg.to_json()), mode="w")
+
+  ds = dataset if dataset is not None else load_data(cfg, data_dir)
+  if cfg.real_batch > len(ds.y_train):
+    raise ValueError(f"real_batch={cfg.real_batch} exceeds the "
+                     f"{len(ds.y_train)} training images.")
+  model = models.build(cfg, ds.image_shape, ds.num_classes)
+  key = jax.random.key(cfg.seed)
+  k_distilled, k_fixed, k_steps, k_eval, k_val = jax.random.split(key, 5)
+  source = init_source(cfg, model, k_fixed)
+  learned, labels = distilled.init(
+      k_distilled, steps=cfg.steps, epochs=cfg.epochs,
+      num_classes=ds.num_classes, per_class=cfg.images_per_class_per_step,
+      image_shape=ds.image_shape, lr_init=cfg.lr_init)
+  n_train = len(ds.y_train)
+  steps_per_epoch = max(1, n_train // cfg.real_batch)
+  total = cfg.outer_steps or max(1, round(cfg.outer_epochs * steps_per_epoch))
+  tx = outer.optimizer(cfg, steps_per_epoch)
+  state = outer.init_state(learned, tx)
+  outer_step = outer.make_step(cfg, model.apply, model.init, tx)
+
+  mngr = checkpoint.manager(workdir)
+  start = 0
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if resume:
+    restored_step, state = checkpoint.restore_latest(mngr, state)
+    start = int(restored_step or 0)
+    _truncate_metrics(metrics_path, start)
+  elif os.path.exists(metrics_path):
+    os.remove(metrics_path)
+
+  x_train = jnp.asarray(ds.x_train)
+  y_train = jnp.asarray(ds.y_train)
+  val_params0 = inits.heldout(cfg.init_mode, source, model.init, k_val,
+                              cfg.val_inits)
+  bar = progress_lib.Progress(total, start, enabled=show_progress)
+  t0 = time.time()
+  step = start
+  with open(metrics_path, "a") as log:
+    while step < total:
+      idx = batch_indices(cfg.seed, step, n_train, cfg.real_batch)
+      state, m = outer_step(state, labels, x_train, y_train, idx, k_steps,
+                            source)
+      step += 1
+      if step % cfg.log_every == 0 or step == total:
+        rec = {"step": step, "time_s": round(time.time() - t0, 3),
+               **{k: float(v) for k, v in m.items()}}
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+          acc = evaluate.replay_accuracy(
+              model.apply, val_params0, state.learned, labels,
+              jnp.asarray(ds.x_val), jnp.asarray(ds.y_val), epochs=cfg.epochs,
+              batch=cfg.eval_batch)
+          rec["val_acc"] = float(acc.mean())
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        bar.update(step, loss=rec["loss"], **(
+            {"val_acc": rec["val_acc"]} if "val_acc" in rec else {}))
+      if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+        checkpoint.save(mngr, step, state)
+      if cfg.time_budget_s and time.time() - t0 > cfg.time_budget_s:
+        break
+  bar.update(total if step == total else step)
+  train_time = time.time() - t0
+  checkpoint.save(mngr, step, state)
+  return finalize(cfg, workdir, ds, model, state.learned, labels, source,
+                  k_eval, outer_steps=step, train_time=train_time)
+
+
+def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
+             outer_steps: int, train_time: float) -> dict:
+  """Evaluates on held-out inits and writes distilled.npz, PNGs, report."""
+  learned = jax.tree.map(np.asarray, learned)
+  params0 = inits.heldout(cfg.init_mode, source, model.init, key,
+                          cfg.eval_inits)
+  t = time.time()
+  test_acc = evaluate.replay_accuracy(
+      model.apply, params0, learned, labels, jnp.asarray(ds.x_test),
+      jnp.asarray(ds.y_test), epochs=cfg.epochs, batch=cfg.eval_batch)
+  val_acc = (evaluate.replay_accuracy(
+      model.apply, params0, learned, labels, jnp.asarray(ds.x_val),
+      jnp.asarray(ds.y_val), epochs=cfg.epochs, batch=cfg.eval_batch)
+             if len(ds.y_val) else None)
+  eval_time = time.time() - t
+  metadata = {"dataset": ds.name, "arch": cfg.arch, "num_classes":
+              ds.num_classes, "image_shape": list(ds.image_shape),
+              "init_mode": cfg.init_mode, "config": dataclasses.asdict(cfg),
+              "outer_steps": outer_steps, "source": ds.source}
+  init_params = source.get("fixed") if cfg.init_mode == "fixed" else None
+  path = os.path.join(workdir, "distilled.npz")
+  storage.save_distilled(path, learned, np.asarray(labels), steps=cfg.steps,
+                         epochs=cfg.epochs, mean=ds.mean, std=ds.std,
+                         metadata=metadata, init_params=init_params)
+  viz.save_step_grids(os.path.join(workdir, "steps"), learned["x"],
+                      np.asarray(labels), np.asarray(distilled.lrs(learned)),
+                      ds.mean, ds.std, ds.class_names)
+  report = {
+      "dataset": ds.name, "arch": cfg.arch, "init_mode": cfg.init_mode,
+      "outer_steps": outer_steps, "train_time_s": round(train_time, 1),
+      "eval_time_s": round(eval_time, 1),
+      "test_acc": evaluate.summary(test_acc),
+      "val_acc": evaluate.summary(val_acc) if val_acc is not None else None,
+      "eval_protocol": "replay of the learned steps on held-out inits "
+                       "(the fixed network itself for fixed modes)",
+      "learned_lrs": [float(v) for v in distilled.lrs(learned)],
+      "distilled": path,
+  }
+  storage.write_json(os.path.join(workdir, "report.json"), report)
+  return report
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+  storage.atomic_write(path, lambda f: f.writelines(lines), mode="w")

@@ -1,0 +1,78 @@
+"""PNG grids of distilled images, one file per distilled step, and plots."""
+
+import os
+
+import numpy as np
+
+
+def _to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
+  return np.clip(x * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+
+
+def save_step_grids(directory: str, x: np.ndarray, labels: np.ndarray,
+                    lrs: np.ndarray, mean, std, class_names=None) -> list[str]:
+  """Writes `step_XX.png` per distilled step with its learning rates.
+
+  Args:
+    directory: output folder (created).
+    x: (S, n, H, W, C) images in normalised space.
+    labels: (S, n) integer labels (or (S, n, C) soft labels: argmax shown).
+    lrs: (S*E,) learned learning rates; step s is used at t = s, s+S, ...
+    mean: normalisation mean per channel.
+    std: normalisation std per channel.
+    class_names: optional names shown under the images.
+
+  Returns:
+    The paths written.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(directory, exist_ok=True)
+  steps, n = x.shape[:2]
+  pix = _to_pixels(np.asarray(x), mean, std)
+  labels = np.asarray(labels)
+  if labels.ndim == 3:
+    labels = labels.argmax(-1)
+  paths = []
+  for s in range(steps):
+    step_lrs = np.asarray(lrs)[s::steps]
+    fig, axes = plt.subplots(1, n, figsize=(1.1 * n, 1.6), squeeze=False)
+    for i in range(n):
+      ax = axes[0, i]
+      img = pix[s, i]
+      ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
+                cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+      name = (class_names[labels[s, i]] if class_names is not None
+              else str(labels[s, i]))
+      ax.set_title(name, fontsize=7)
+      ax.axis("off")
+    fig.suptitle(f"step {s}: lr " + ", ".join(f"{v:.4f}" for v in step_lrs),
+                 fontsize=8)
+    path = os.path.join(directory, f"step_{s:02d}.png")
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def line_plot(path: str, series: dict, xlabel: str, ylabel: str,
+              title: str = "") -> None:
+  """Saves a line plot; `series` maps name -> (xs, means, stds or None)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  for name, (xs, ys, es) in series.items():
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
