@@ -1,3 +1,20 @@
-"""distill_jax: dataset distillation as pure JAX functions."""
+"""distill_jax: dataset distillation as pure JAX functions.
+
+Public entry points (modules are imported explicitly, e.g.
+`from distill_jax import train`):
+
+  * `distill_jax.train.run(cfg, workdir)`: a whole distillation run;
+  * `distill_jax.meta.value_and_grad`: the vmapped meta-gradient;
+  * `distill_jax.evaluate`: replay / retrain evaluation;
+  * `distill_jax.load_distilled(path)`: read and validate a distilled set.
+"""
+
+from distill_jax.config import DistillConfig
+from distill_jax.storage import DistilledFileError
+from distill_jax.storage import load_distilled
+from distill_jax.storage import save_distilled
 
 __version__ = "0.1.0"
+
+__all__ = ["DistillConfig", "DistilledFileError", "load_distilled",
+           "save_distilled", "__version__"]

@@ -82,7 +82,8 @@ class Conv(nn.Module):
     fan_in = cin * self.kernel * self.kernel
     b = self.param("bias", functools.partial(bias_init(self.init_name),
                                              fan_in=fan_in), (self.features,))
-    return layers.conv2d(x, w, b, padding=self.padding)
+    y = layers.conv2d(x, w, None, padding=self.padding)
+    return y + b.reshape(1, 1, 1, -1)
 
 
 class Dense(nn.Module):
@@ -96,7 +97,7 @@ class Dense(nn.Module):
     b = self.param("bias", functools.partial(bias_init(self.init_name),
                                              fan_in=x.shape[-1]),
                    (self.features,))
-    return x @ w + b
+    return x @ w + b[None, :]
 
 
 class Norm(nn.Module):
@@ -114,7 +115,7 @@ class Norm(nn.Module):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,))
     shift = self.param("bias", nn.initializers.zeros, (c,))
-    return y * scale + shift
+    return y * scale.reshape(1, 1, 1, c) + shift.reshape(1, 1, 1, c)
 
 
 def local_response_norm(x, size=4, alpha=1e-4, beta=0.75, k=1.0):

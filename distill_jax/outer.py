@@ -75,7 +75,7 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
     learned = optax.apply_updates(state.learned, updates)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr_mean": jnp.mean(distilled.lrs(learned)),
     }
     return OuterState(learned, opt_state, state.step + 1), metrics

@@ -85,7 +85,8 @@ def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
 
 def run(cfg: config_lib.DistillConfig, workdir: str, *,
         dataset: data.Dataset | None = None, data_dir: str | None = None,
-        resume: bool = False, show_progress: bool = True) -> dict:
+        resume: bool = False, show_progress: bool = True,
+        stop_at: int | None = None) -> dict:
   """Distils `cfg.dataset` and writes the outputs to `workdir`.
 
   Args:
@@ -95,6 +96,8 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
     data_dir: folder with local dataset copies (see `data.load`).
     resume: continue from the newest checkpoint in `workdir`.
     show_progress: print a progress line to stderr.
+    stop_at: stop (with a checkpoint, no final outputs) once this many outer
+      steps are done, as an interruption would; `resume=True` continues.
 
   Returns:
     The final report (also written to workdir/report.json).
@@ -165,6 +168,9 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
         checkpoint.save(mngr, step, state)
       if cfg.time_budget_s and time.time() - t0 > cfg.time_budget_s:
         break
+      if stop_at is not None and step >= stop_at:
+        checkpoint.save(mngr, step, state)
+        return {"interrupted_at": step}
   bar.update(total if step == total else step)
   train_time = time.time() - t0
   checkpoint.save(mngr, step, state)

@@ -1,0 +1,184 @@
+"""Pure-function conv / pooling layers with backend-tuned implementations.
+
+All functions are plain ``jax.numpy`` / ``lax`` code (no ``custom_vjp``), so
+they support forward-mode, reverse-mode and any nesting of the two
+(``jax.grad`` of ``jax.grad``, ``jax.jvp`` of ``jax.grad``, ...), which the
+dataset-distillation meta-gradient needs.
+
+Layouts: activations are NHWC, conv kernels HWIO, stride 1.
+
+Implementations (``impl=``):
+
+* ``"xla"``: ``lax.conv_general_dilated`` / ``lax.reduce_window``. Best on
+  GPU/TPU.
+* ``"im2col"``: the KxK shifted slices of the (padded) input are concatenated
+  along channels and contracted with the reshaped kernel in one
+  ``dot_general``. Forward and weight gradient are plain GEMMs; the input
+  gradient is a GEMM followed by pad/slice-adds.
+* ``"shift"``: sum over the KxK taps of ``slice * w[i, j]`` computed as a
+  small per-tap contraction; only sensible for very few input channels.
+* ``"reshape"`` (pooling): non-overlapping windows as a reshape + ``max`` /
+  ``mean``; its gradient is an elementwise select instead of
+  ``select_and_scatter``.
+* ``"auto"``: the fastest measured choice for ``jax.default_backend()``
+  (see ``docs/perf_notes.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+Padding = Union[int, str, Sequence[Tuple[int, int]]]
+
+CONV_IMPLS = ("xla", "im2col", "shift")
+POOL_IMPLS = ("xla", "reshape")
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
+def _pad_pairs(padding: Padding, kh: int, kw: int) -> Tuple[Tuple[int, int],
+                                                            Tuple[int, int]]:
+  """Normalizes ``padding`` to ((top, bottom), (left, right))."""
+  if isinstance(padding, str):
+    mode = padding.upper()
+    if mode == "VALID":
+      return (0, 0), (0, 0)
+    if mode == "SAME":
+      # Stride 1: total padding k - 1, the extra pixel goes after (as XLA).
+      return ((kh - 1) // 2, kh - 1 - (kh - 1) // 2), (
+          (kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+    raise ValueError(f"Unknown padding {padding!r}.")
+  if isinstance(padding, int):
+    return (padding, padding), (padding, padding)
+  (t, b), (l, r) = padding
+  return (int(t), int(b)), (int(l), int(r))
+
+
+def _conv_xla(x, w, pads):
+  return lax.conv_general_dilated(
+      x, w, window_strides=(1, 1), padding=pads,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _pad_input(x, pads):
+  (t, b), (l, r) = pads
+  if t or b or l or r:
+    x = jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+  return x
+
+
+def _conv_im2col(x, w, pads):
+  kh, kw, ci, co = w.shape
+  x = _pad_input(x, pads)
+  n, h, wd, _ = x.shape
+  ho, wo = h - kh + 1, wd - kw + 1
+  cols = [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1)  # (n, ho, wo, kh*kw*ci)
+  return lax.dot_general(
+      patches, w.reshape(kh * kw * ci, co), (((3,), (0,)), ((), ())))
+
+
+def _conv_shift(x, w, pads):
+  kh, kw, ci, co = w.shape
+  x = _pad_input(x, pads)
+  n, h, wd, _ = x.shape
+  ho, wo = h - kh + 1, wd - kw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      s = x[:, i:i + ho, j:j + wo, :]
+      if ci == 1:
+        term = s * w[i, j, 0]
+      else:
+        term = lax.dot_general(s, w[i, j], (((3,), (0,)), ((), ())))
+      out = term if out is None else out + term
+  return out
+
+
+def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
+           padding: Padding = 0, impl: str = "auto") -> jax.Array:
+  """2-D convolution, stride 1.
+
+  Args:
+    x: input, shape (N, H, W, C_in).
+    w: kernel, shape (KH, KW, C_in, C_out).
+    b: optional bias, shape (C_out,).
+    padding: int (symmetric), "SAME", "VALID" or ((top, bottom),
+      (left, right)).
+    impl: "auto", "xla", "im2col" or "shift".
+
+  Returns:
+    Output of shape (N, H', W', C_out).
+  """
+  kh, kw = w.shape[0], w.shape[1]
+  pads = _pad_pairs(padding, kh, kw)
+  if impl == "auto":
+    impl = "im2col" if _on_cpu() else "xla"
+  if impl == "xla":
+    y = _conv_xla(x, w, pads)
+  elif impl == "im2col":
+    y = _conv_im2col(x, w, pads)
+  elif impl == "shift":
+    y = _conv_shift(x, w, pads)
+  else:
+    raise ValueError(f"Unknown conv impl {impl!r}; expected one of "
+                     f"{('auto',) + CONV_IMPLS}.")
+  if b is not None:
+    y = y + b
+  return y
+
+
+def _pool_xla(x, init, op, window, stride):
+  return lax.reduce_window(x, init, op, (1, window, window, 1),
+                           (1, stride, stride, 1), "VALID")
+
+
+def _reshape_windows(x, window):
+  n, h, w, c = x.shape
+  ho, wo = h // window, w // window
+  x = x[:, :ho * window, :wo * window, :]
+  return x.reshape(n, ho, window, wo, window, c)
+
+
+def max_pool(x: jax.Array, window: int = 2, stride: Optional[int] = None, *,
+             impl: str = "auto") -> jax.Array:
+  """Max pooling over NHWC input with VALID padding.
+
+  Args:
+    x: input, shape (N, H, W, C).
+    window: square window size.
+    stride: stride; defaults to ``window`` (non-overlapping).
+    impl: "auto", "xla" or "reshape" (only for stride == window; other
+      strides always use "xla").
+
+  Returns:
+    Pooled array.
+  """
+  stride = window if stride is None else stride
+  if impl == "auto":
+    impl = "reshape" if _on_cpu() else "xla"
+  if impl not in POOL_IMPLS:
+    raise ValueError(f"Unknown pool impl {impl!r}.")
+  if impl == "reshape" and stride == window:
+    return jnp.max(_reshape_windows(x, window), axis=(2, 4))
+  return _pool_xla(x, -jnp.inf, lax.max, window, stride)
+
+
+def avg_pool(x: jax.Array, window: int = 2, stride: Optional[int] = None, *,
+             impl: str = "auto") -> jax.Array:
+  """Average pooling over NHWC input with VALID padding (see max_pool)."""
+  stride = window if stride is None else stride
+  if impl == "auto":
+    impl = "reshape"
+  if impl not in POOL_IMPLS:
+    raise ValueError(f"Unknown pool impl {impl!r}.")
+  if impl == "reshape" and stride == window:
+    return jnp.mean(_reshape_windows(x, window), axis=(2, 4))
+  return _pool_xla(x, 0., lax.add, window,
+                   stride) / (window * window)
