@@ -11,6 +11,7 @@ The file is a plain `.npz` (no pickle) with a format marker and version:
   mean, std        (C,) float32, the normalisation (pixel = x * std + mean)
   metadata         JSON string: dataset, arch, config, init mode, ...
   init/<path>      optional: the fixed initial network of fixed-init runs
+  extra/<name>     optional method-specific arrays (e.g. a ZCA transform)
 
 `load_distilled` validates all of it and says what is wrong with a bad file.
 """
@@ -44,6 +45,7 @@ class Distilled(NamedTuple):
   std: np.ndarray
   metadata: dict
   init_params: dict | None
+  extra: dict
 
   @property
   def steps(self) -> int:
@@ -100,7 +102,8 @@ def _unflatten(flat: dict, prefix="init") -> dict:
 
 
 def save_distilled(path: str, learned, labels, *, steps: int, epochs: int,
-                   mean, std, metadata: dict, init_params=None) -> None:
+                   mean, std, metadata: dict, init_params=None,
+                   extra: dict | None = None) -> None:
   """Saves a distilled set to `path` (atomically).
 
   Args:
@@ -113,6 +116,7 @@ def save_distilled(path: str, learned, labels, *, steps: int, epochs: int,
     std: per-channel normalisation std.
     metadata: JSON-serialisable description (dataset, arch, config ...).
     init_params: the fixed initial network (fixed-init modes), or None.
+    extra: optional name -> array stored as `extra/<name>`.
   """
   raw = np.asarray(learned["raw_lr"], np.float32)
   arrays = {
@@ -129,6 +133,8 @@ def save_distilled(path: str, learned, labels, *, steps: int, epochs: int,
   }
   if init_params is not None:
     arrays.update(_flatten(init_params))
+  for name, value in (extra or {}).items():
+    arrays[f"extra/{name}"] = np.asarray(value)
   atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -199,7 +205,9 @@ def load_distilled(path: str) -> Distilled:
   return Distilled(x=x, labels=labels, raw_lr=files["raw_lr"], lrs=lrs,
                    step_order=order, mean=files["mean"], std=files["std"],
                    metadata=metadata,
-                   init_params=_unflatten(init) if init else None)
+                   init_params=_unflatten(init) if init else None,
+                   extra={k[len("extra/"):]: v for k, v in files.items()
+                          if k.startswith("extra/")})
 
 
 POOL_FORMAT = "distill_jax.pool"

@@ -1,0 +1,144 @@
+"""Cost of one DD meta-step: seconds, peak memory, FLOPs and GFLOP/s.
+
+Setting (Dataset Distillation on MNIST): LeNet, 100 distilled images (10 per
+step), real batch 1024, plain-GD inner steps with learned lrs. Sweeps
+  * sampled initialisations J in {1, 4, 16} at 30 inner steps;
+  * unroll length T in {30, 100, 300} with and without `jax.checkpoint`.
+Each configuration runs in its own process, so peak RSS is its own.
+
+  python benchmarks/meta_step.py --out=/tmp/meta_step.json
+
+Reported per configuration: median / min seconds per outer step (after
+compilation), compile seconds, XLA FLOPs per step and achieved GFLOP/s,
+XLA's temporary-buffer peak (`memory_analysis`), and process peak RSS.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(spec: dict) -> dict:
+  """Runs one configuration in this process and returns its figures."""
+  sys.path.insert(0, ROOT)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from distill_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from distill_jax import distilled  # pylint: disable=g-import-not-at-top
+  from distill_jax import models  # pylint: disable=g-import-not-at-top
+  from distill_jax import outer  # pylint: disable=g-import-not-at-top
+
+  cfg = config_lib.DistillConfig(
+      steps=spec["steps"], epochs=spec["epochs"], num_inits=spec["num_inits"],
+      remat=spec["remat"], real_batch=spec["real_batch"],
+      arch=spec.get("arch", "lenet"))
+  shape, classes = (28, 28, 1), 10
+  model = models.build(cfg, shape, classes)
+  learned, labels = distilled.init(
+      jax.random.key(0), steps=cfg.steps, epochs=cfg.epochs,
+      num_classes=classes, per_class=1, image_shape=shape, lr_init=0.02)
+  tx = outer.optimizer(cfg, 50)
+  step = outer.make_step(cfg, model.apply, model.init, tx)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4096, *shape)).astype(np.float32))
+  y = jnp.asarray(rng.integers(0, classes, 4096).astype(np.int32))
+  key = jax.random.key(1)
+  state = outer.init_state(learned, tx)
+  idx = jnp.asarray(rng.permutation(4096)[:cfg.real_batch].astype(np.int32))
+
+  t = time.perf_counter()
+  lowered = step.lower(state, labels, x, y, idx, key, {})
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  mem = compiled.memory_analysis()
+  temp_bytes = int(getattr(mem, "temp_size_in_bytes", -1)) if mem else -1
+
+  state, m = step(state, labels, x, y, idx, key, {})  # warm-up
+  jax.block_until_ready(state)
+  times = []
+  for i in range(spec["runs"]):
+    idx = jnp.asarray(rng.permutation(4096)[:cfg.real_batch].astype(np.int32))
+    t = time.perf_counter()
+    state, m = step(state, labels, x, y, idx, key, {})
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t)
+  med = statistics.median(times)
+  return {**spec, "inner_steps": cfg.inner_steps,
+          "median_s": round(med, 4), "min_s": round(min(times), 4),
+          "compile_s": round(compile_s, 2),
+          "gflop_per_step": round(flops / 1e9, 3),
+          "gflops_per_s": round(flops / 1e9 / med, 1),
+          "xla_temp_mib": round(temp_bytes / 2**20, 1),
+          "peak_rss_mib": round(
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+          "loss": float(m["loss"]), "backend": jax.default_backend(),
+          "jax": jax.__version__}
+
+
+def configs(runs: int, quick: bool) -> list[dict]:
+  base = {"steps": 10, "epochs": 3, "num_inits": 1, "remat": "full",
+          "real_batch": 1024, "runs": runs}
+  out = []
+  for j in ((1, 4) if quick else (1, 4, 16)):
+    out.append({**base, "name": f"inits_{j}", "num_inits": j})
+  for epochs in ((3, 10) if quick else (3, 10, 30)):
+    for remat in ("none", "full"):
+      out.append({**base, "name": f"unroll_{10 * epochs}_{remat}",
+                  "epochs": epochs, "remat": remat})
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default="meta_step.json")
+  parser.add_argument("--runs", type=int, default=10)
+  parser.add_argument("--quick", action="store_true",
+                      help="fewer configurations (CI-sized)")
+  parser.add_argument("--single", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.single:
+    print(json.dumps(measure(json.loads(args.single))))
+    return
+  results = []
+  for spec in configs(args.runs, args.quick):
+    proc = subprocess.run(
+        [sys.executable, __file__, "--single", json.dumps(spec)],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      results.append({**spec, "error": proc.stderr[-2000:]})
+    else:
+      results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(json.dumps(results[-1]), flush=True)
+  by = {r["name"]: r for r in results if "error" not in r}
+  summary = {}
+  if "inits_1" in by and "inits_16" in by:
+    summary["inits_16_over_1"] = round(
+        by["inits_16"]["median_s"] / by["inits_1"]["median_s"], 2)
+  if "unroll_30_full" in by and "unroll_300_full" in by:
+    summary["rss_300_over_30_remat"] = round(
+        by["unroll_300_full"]["peak_rss_mib"] /
+        by["unroll_30_full"]["peak_rss_mib"], 2)
+    summary["xla_temp_300_over_30_remat"] = round(
+        by["unroll_300_full"]["xla_temp_mib"] /
+        max(by["unroll_30_full"]["xla_temp_mib"], 1e-9), 2)
+  out = {"results": results, "summary": summary}
+  with open(args.out + ".tmp", "w") as f:
+    json.dump(out, f, indent=1)
+  os.replace(args.out + ".tmp", args.out)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()
