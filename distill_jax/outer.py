@@ -12,6 +12,7 @@ from distill_jax import config as config_lib
 from distill_jax import distilled
 from distill_jax import inits
 from distill_jax import meta
+from distill_jax import sharding
 
 
 @flax.struct.dataclass
@@ -56,8 +57,10 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
   `step(state, labels, x_train, y_train, batch_idx, key, source)
    -> (state, metrics)`: it gathers the real batch, samples `cfg.num_inits`
   initialisations with `fold_in(key, state.step)`, computes the meta-gradient
-  and applies the optimiser. `state` is donated.
+  and applies the optimiser. `state` is donated. With several devices whose
+  count divides `cfg.num_inits`, the initialisations are sharded across them.
   """
+  mesh = sharding.inits_mesh(cfg.num_inits)
 
   def step(state: OuterState, labels, x_train, y_train, batch_idx, key,
            source):
@@ -67,6 +70,7 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
                                cfg.poison_source, cfg.poison_target)
     params0 = inits.sample(key, cfg.num_inits, mode=cfg.init_mode,
                            model_init=model_init, source=source)
+    params0 = sharding.shard_leading(params0, mesh)
     loss, grads = meta.value_and_grad(
         state.learned, labels, params0, real_x, real_y, apply_fn=apply_fn,
         epochs=cfg.epochs, remat=cfg.remat)
