@@ -15,6 +15,11 @@ Implementations (``impl=``):
   along channels and contracted with the reshaped kernel in one
   ``dot_general``. Forward and weight gradient are plain GEMMs; the input
   gradient is a GEMM followed by pad/slice-adds.
+* ``"im2col_t"``: like ``"im2col"`` but the patch matrix is built
+  taps-major, shape (KH*KW*C_in, N*H'*W'), from the input transposed to
+  (C_in, N, H, W). The slices then copy contiguous rows instead of C_in-wide
+  fragments, which is several times faster on XLA:CPU (and a free transpose
+  for C_in == 1). Default on CPU.
 * ``"shift"``: sum over the KxK taps of ``slice * w[i, j]`` computed as a
   small per-tap contraction; only sensible for very few input channels.
 * ``"reshape"`` (pooling): non-overlapping windows as a reshape + ``max`` /
@@ -26,6 +31,8 @@ Implementations (``impl=``):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
@@ -34,7 +41,7 @@ import jax.numpy as jnp
 
 Padding = Union[int, str, Sequence[Tuple[int, int]]]
 
-CONV_IMPLS = ("xla", "im2col", "shift")
+CONV_IMPLS = ("xla", "im2col", "im2col_t", "shift")
 POOL_IMPLS = ("xla", "reshape")
 
 
@@ -84,6 +91,19 @@ def _conv_im2col(x, w, pads):
       patches, w.reshape(kh * kw * ci, co), (((3,), (0,)), ((), ())))
 
 
+def _conv_im2col_t(x, w, pads):
+  kh, kw, ci, co = w.shape
+  x = _pad_input(x, pads)
+  n, h, wd, _ = x.shape
+  ho, wo = h - kh + 1, wd - kw + 1
+  xt = jnp.transpose(x, (3, 0, 1, 2))  # (ci, n, h, w); free when ci == 1.
+  cols = [xt[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)]
+  patches = jnp.stack(cols, axis=0).reshape(kh * kw * ci, n * ho * wo)
+  y = lax.dot_general(
+      patches, w.reshape(kh * kw * ci, co), (((0,), (0,)), ((), ())))
+  return y.reshape(n, ho, wo, co)
+
+
 def _conv_shift(x, w, pads):
   kh, kw, ci, co = w.shape
   x = _pad_input(x, pads)
@@ -111,7 +131,7 @@ def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     b: optional bias, shape (C_out,).
     padding: int (symmetric), "SAME", "VALID" or ((top, bottom),
       (left, right)).
-    impl: "auto", "xla", "im2col" or "shift".
+    impl: "auto", "xla", "im2col", "im2col_t" or "shift".
 
   Returns:
     Output of shape (N, H', W', C_out).
@@ -119,11 +139,13 @@ def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
   kh, kw = w.shape[0], w.shape[1]
   pads = _pad_pairs(padding, kh, kw)
   if impl == "auto":
-    impl = "im2col" if _on_cpu() else "xla"
+    impl = "im2col_t" if _on_cpu() else "xla"
   if impl == "xla":
     y = _conv_xla(x, w, pads)
   elif impl == "im2col":
     y = _conv_im2col(x, w, pads)
+  elif impl == "im2col_t":
+    y = _conv_im2col_t(x, w, pads)
   elif impl == "shift":
     y = _conv_shift(x, w, pads)
   else:
@@ -182,3 +204,27 @@ def avg_pool(x: jax.Array, window: int = 2, stride: Optional[int] = None, *,
     return jnp.mean(_reshape_windows(x, window), axis=(2, 4))
   return _pool_xla(x, 0., lax.add, window,
                    stride) / (window * window)
+
+
+def tune_cpu_malloc() -> bool:
+  """Stops glibc from returning large buffers to the OS after every op.
+
+  XLA:CPU allocates each large temporary with ``malloc``; glibc serves
+  blocks above ~32 MB with ``mmap`` and unmaps them on ``free``, so every
+  call of a jitted function page-faults its big temporaries in again. On
+  this VM that made a 61 MB elementwise op 27 ms instead of 4 ms. Disabling
+  ``mmap`` for malloc and the heap trim keeps the memory mapped (RSS stays
+  at the peak). Equivalent to starting the process with
+  ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``; unlike XLA_FLAGS
+  this can be called at any time (it affects later allocations).
+
+  Returns:
+    True if glibc accepted the settings, False otherwise (e.g. not glibc).
+  """
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = libc.mallopt(m_mmap_max, 0) == 1
+    return ok and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+  except (OSError, AttributeError):
+    return False

@@ -1,0 +1,137 @@
+"""Tests for distill_jax.layers: every impl must match impl="xla"."""
+
+import itertools
+import unittest
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill_jax import layers
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+FAST_CONV = [i for i in layers.CONV_IMPLS if i != "xla"] + ["auto"]
+PADDINGS = [0, 1, 2, "SAME", "VALID", ((1, 0), (2, 1))]
+ATOL = 1e-4
+
+
+def _rand(key, shape, scale=1.0):
+  return scale * jax.random.normal(jax.random.PRNGKey(key), shape)
+
+
+class Conv2dTest(unittest.TestCase):
+
+  def _check(self, x, w, b, padding, impl):
+    ref = layers.conv2d(x, w, b, padding=padding, impl="xla")
+    out = layers.conv2d(x, w, b, padding=padding, impl=impl)
+    chex.assert_equal_shape([out, ref])
+    chex.assert_trees_all_close(out, ref, atol=ATOL, rtol=ATOL)
+
+  def test_forward(self):
+    for impl, padding, (ci, k) in itertools.product(
+        FAST_CONV, PADDINGS, [(1, 3), (3, 5), (2, 2)]):
+      with self.subTest(impl=impl, padding=padding, ci=ci, k=k):
+        x = _rand(0, (2, 7, 6, ci))
+        w = _rand(1, (k, k, ci, 4), 0.3)
+        self._check(x, w, _rand(2, (4,)), padding, impl)
+
+  def test_non_square_kernel_no_bias(self):
+    for impl in FAST_CONV:
+      x = _rand(0, (2, 6, 7, 2))
+      w = _rand(1, (3, 2, 2, 3))
+      self._check(x, w, None, "SAME", impl)
+
+  def test_grads(self):
+    x = _rand(0, (2, 6, 6, 2))
+    w = _rand(1, (3, 3, 2, 3), 0.3)
+    b = _rand(2, (3,))
+
+    def loss(x, w, b, impl):
+      return jnp.sum(jnp.tanh(layers.conv2d(x, w, b, padding=1, impl=impl)))
+
+    ref = jax.grad(loss, argnums=(0, 1, 2))(x, w, b, "xla")
+    for impl in FAST_CONV:
+      with self.subTest(impl=impl):
+        out = jax.jit(jax.grad(loss, argnums=(0, 1, 2)),
+                      static_argnums=3)(x, w, b, impl)
+        chex.assert_trees_all_close(out, ref, atol=ATOL, rtol=ATOL)
+
+  def test_grad_of_grad(self):
+    """Reverse-over-reverse, as in the distillation meta-gradient."""
+    x = _rand(0, (2, 6, 6, 1))
+    w = _rand(1, (3, 3, 1, 2), 0.3)
+
+    def inner(x, w, impl):
+      g = jax.grad(lambda w: jnp.sum(
+          jnp.tanh(layers.conv2d(x, w, padding="SAME", impl=impl)) ** 2))(w)
+      return jnp.sum((w - 0.1 * g) ** 2)
+
+    ref = jax.grad(inner, argnums=(0, 1))(x, w, "xla")
+    for impl in FAST_CONV:
+      with self.subTest(impl=impl):
+        out = jax.grad(inner, argnums=(0, 1))(x, w, impl)
+        chex.assert_trees_all_close(out, ref, atol=ATOL, rtol=ATOL)
+
+  def test_forward_over_reverse(self):
+    x = _rand(0, (2, 5, 5, 2))
+    w = _rand(1, (3, 3, 2, 2), 0.3)
+    v = _rand(2, w.shape)
+
+    def hvp(w, impl):
+      f = lambda w: jnp.sum(jnp.tanh(layers.conv2d(x, w, impl=impl)) ** 2)
+      return jax.jvp(jax.grad(f), (w,), (v,))[1]
+
+    ref = hvp(w, "xla")
+    for impl in FAST_CONV:
+      with self.subTest(impl=impl):
+        chex.assert_trees_all_close(hvp(w, impl), ref, atol=ATOL, rtol=ATOL)
+
+  def test_bad_impl(self):
+    with self.assertRaises(ValueError):
+      layers.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)),
+                    impl="nope")
+
+
+class PoolTest(unittest.TestCase):
+
+  def test_max_pool_values_and_grads(self):
+    # Random normals: no ties, so the gradients are unambiguous.
+    x = _rand(0, (2, 8, 6, 3))
+    f = lambda x, impl: jnp.sum(jnp.sin(layers.max_pool(x, 2, impl=impl)))
+    for impl in ("auto", "reshape"):
+      with self.subTest(impl=impl):
+        chex.assert_trees_all_close(
+            layers.max_pool(x, 2, impl=impl), layers.max_pool(x, 2, impl="xla"))
+        chex.assert_trees_all_close(jax.grad(f)(x, impl),
+                                    jax.grad(f)(x, "xla"))
+        hess = lambda x, i: jax.grad(lambda x: jnp.sum(jax.grad(f)(x, i) ** 2))
+        chex.assert_trees_all_close(hess(x, impl)(x), hess(x, "xla")(x),
+                                    atol=ATOL)
+
+  def test_max_pool_odd_size_crops(self):
+    x = _rand(0, (1, 7, 5, 2))
+    chex.assert_trees_all_close(layers.max_pool(x, 2, impl="reshape"),
+                                layers.max_pool(x, 2, impl="xla"))
+
+  def test_overlapping_window_falls_back(self):
+    x = _rand(0, (2, 9, 9, 3))
+    out = layers.max_pool(x, 3, 2, impl="reshape")
+    chex.assert_shape(out, (2, 4, 4, 3))
+    chex.assert_trees_all_close(out, layers.max_pool(x, 3, 2, impl="xla"))
+
+  def test_avg_pool(self):
+    x = _rand(0, (2, 6, 6, 3))
+    f = lambda x, impl: jnp.sum(jnp.sin(layers.avg_pool(x, 2, impl=impl)))
+    chex.assert_trees_all_close(layers.avg_pool(x, 2),
+                                layers.avg_pool(x, 2, impl="xla"), atol=1e-6)
+    chex.assert_trees_all_close(jax.grad(f)(x, "auto"), jax.grad(f)(x, "xla"),
+                                atol=1e-6)
+    ref = np.asarray(x).reshape(2, 3, 2, 3, 2, 3).mean(axis=(2, 4))
+    chex.assert_trees_all_close(layers.avg_pool(x, 2), ref, atol=1e-6)
+    chex.assert_shape(layers.avg_pool(x, 3, 2), (2, 2, 2, 3))
+
+
+if __name__ == "__main__":
+  unittest.main()
