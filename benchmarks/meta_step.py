@@ -34,7 +34,11 @@ def measure(spec: dict) -> dict:
   from distill_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from distill_jax import distilled  # pylint: disable=g-import-not-at-top
   from distill_jax import models  # pylint: disable=g-import-not-at-top
+  from distill_jax import layers  # pylint: disable=g-import-not-at-top
   from distill_jax import outer  # pylint: disable=g-import-not-at-top
+
+  if jax.default_backend() == "cpu" and spec.get("tune_malloc", True):
+    layers.tune_cpu_malloc()
 
   cfg = config_lib.DistillConfig(
       steps=spec["steps"], epochs=spec["epochs"], num_inits=spec["num_inits"],

@@ -26,6 +26,7 @@ from distill_jax import data
 from distill_jax import distilled
 from distill_jax import evaluate
 from distill_jax import inits
+from distill_jax import layers
 from distill_jax import models
 from distill_jax import outer
 from distill_jax import progress as progress_lib
@@ -103,6 +104,8 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
     The final report (also written to workdir/report.json).
   """
   cfg.validate()
+  if jax.default_backend() == "cpu":
+    layers.tune_cpu_malloc()
   os.makedirs(workdir, exist_ok=True)
   cfg_path = os.path.join(workdir, "config.json")
   if resume and os.path.exists(cfg_path):
