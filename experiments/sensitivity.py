@@ -1,0 +1,162 @@
+"""Sensitivity studies (paper Figures 4 and 5), random init, short budgets.
+
+  * Fig. 4a: accuracy vs number of GD steps (--steps_list, 2 epochs, one
+    image per class per step);
+  * Fig. 4b: accuracy vs epochs (--epochs_list, --fig4b_steps steps);
+  * Fig. 5: N images per class in ONE step vs N steps of one image per
+    class (--images_list, 1 epoch).
+
+Every point is a full `train.run` (random init) stopped after
+--point_budget_s seconds (or --point_outer_steps), evaluated by replay on
+--eval_inits held-out inits; identical configurations are run once.
+
+Command (2-core CPU):
+
+  python -m experiments.sensitivity --workdir=/tmp/sensitivity \
+      --data_dir=../shared/datasets
+
+Expected runtime: 13 distinct points x (120 s + ~30 s eval) ~= 35-40 CPU
+minutes. Expected result (paper, trend only; values not transcribed):
+accuracy rises with steps (Fig. 4a), more slowly with epochs (Fig. 4b),
+and N steps beat one N-image step (Fig. 5). Short budgets understate all
+points. Outputs: WORKDIR/fig4a_steps.png, fig4b_epochs.png,
+fig5_one_vs_many.png, sensitivity.json, points/<name>/.
+"""
+
+import dataclasses
+import os
+
+from absl import app
+from absl import flags
+
+from distill_jax import config as config_lib
+from distill_jax import data
+from distill_jax import storage
+from distill_jax import train
+from distill_jax import viz
+from experiments import common
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivityConfig:
+  """Flags of the sensitivity sweep."""
+  dataset: str = "mnist"
+  arch: str = "lenet"
+  steps_list: tuple[int, ...] = (1, 2, 4, 10)
+  epochs_list: tuple[int, ...] = (1, 2, 3, 5)
+  fig4b_steps: int = 10
+  images_list: tuple[int, ...] = (1, 2, 5, 10)
+  point_budget_s: float = 120.0
+  point_outer_steps: int = 0
+  real_batch: int = 1024
+  lr_init: float = 0.02
+  eval_inits: int = 50
+  val_size: int = 5000
+  train_limit: int = 0
+  eval_batch: int = 2000
+  seed: int = 0
+
+  def validate(self) -> "SensitivityConfig":
+    for name in ("steps_list", "epochs_list", "images_list"):
+      values = getattr(self, name)
+      if not values or min(values) < 1:
+        raise ValueError(f"{name}={values} needs positive integers.")
+    if self.point_budget_s <= 0 and self.point_outer_steps <= 0:
+      raise ValueError("Give each point a budget: point_budget_s > 0 or "
+                       "point_outer_steps > 0.")
+    for name in ("fig4b_steps", "eval_inits", "real_batch"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+    return self
+
+
+def preset(name: str = "default") -> SensitivityConfig:
+  if name == "default":
+    return SensitivityConfig()
+  if name == "smoke":
+    return SensitivityConfig(arch="mlp", steps_list=(2,), epochs_list=(1,),
+                             fig4b_steps=2, images_list=(2,),
+                             point_budget_s=0.0, point_outer_steps=2,
+                             real_batch=32, eval_inits=2, val_size=50,
+                             train_limit=200, eval_batch=64)
+  raise ValueError(f"Unknown preset {name!r}.")
+
+
+PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+
+
+def points(cfg: SensitivityConfig) -> dict:
+  """figure -> list of (x value, series, (steps, epochs, images/class))."""
+  return {
+      "fig4a": [(s, "2 epochs", (s, 2, 1)) for s in cfg.steps_list],
+      "fig4b": [(e, f"{cfg.fig4b_steps} steps", (cfg.fig4b_steps, e, 1))
+                for e in cfg.epochs_list],
+      "fig5": ([(n, "one step", (1, 1, n)) for n in cfg.images_list] +
+               [(n, "multiple steps", (n, 1, 1)) for n in cfg.images_list]),
+  }
+
+
+def run(cfg: SensitivityConfig, workdir: str, *, data_dir=None,
+        show_progress: bool = True) -> dict:
+  cfg.validate()
+  ds = data.load(cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size,
+                 seed=cfg.seed, train_limit=cfg.train_limit or None)
+  base = config_lib.DistillConfig(
+      dataset=cfg.dataset, arch=cfg.arch, init_mode="random",
+      real_batch=cfg.real_batch, lr_init=cfg.lr_init,
+      outer_steps=cfg.point_outer_steps, time_budget_s=cfg.point_budget_s,
+      eval_inits=cfg.eval_inits, val_inits=1, val_size=cfg.val_size,
+      train_limit=cfg.train_limit, eval_batch=cfg.eval_batch, seed=cfg.seed,
+      log_every=25)
+  done = {}
+  figures = {}
+  for fig, pts in points(cfg).items():
+    series = {}
+    for xval, name, (steps, epochs, ipc) in pts:
+      key = (steps, epochs, ipc)
+      if key not in done:
+        dcfg = dataclasses.replace(base, steps=steps, epochs=epochs,
+                                   images_per_class_per_step=ipc).validate()
+        tag = f"s{steps}_e{epochs}_ipc{ipc}"
+        report = train.run(dcfg, os.path.join(workdir, "points", tag),
+                           dataset=ds, show_progress=show_progress)
+        done[key] = {"tag": tag, "test_acc": report["test_acc"],
+                     "outer_steps": report["outer_steps"]}
+        print(f"{tag}: {report['test_acc']['mean']:.2f} +- "
+              f"{report['test_acc']['std']:.2f} % "
+              f"({report['outer_steps']} outer steps)")
+      series.setdefault(name, []).append((xval, done[key]))
+    figures[fig] = series
+  labels = {"fig4a": ("fig4a_steps.png", "number of GD steps"),
+            "fig4b": ("fig4b_epochs.png", "number of epochs"),
+            "fig5": ("fig5_one_vs_many.png", "images per class (N)")}
+  for fig, series in figures.items():
+    path, xlabel = labels[fig]
+    viz.line_plot(
+        os.path.join(workdir, path),
+        {name: ([x for x, _ in pts], [p["test_acc"]["mean"] for _, p in pts],
+                [p["test_acc"]["std"] for _, p in pts])
+         for name, pts in series.items()},
+        xlabel, "test accuracy (%)", f"{ds.name}, random init")
+  out = {"config": dataclasses.asdict(cfg), "dataset": ds.name,
+         "figures": {fig: {name: [{"x": x, **p} for x, p in pts]
+                           for name, pts in series.items()}
+                     for fig, series in figures.items()}}
+  storage.write_json(os.path.join(workdir, "sensitivity.json"), out)
+  return {"points": len(done),
+          "plots": [os.path.join(workdir, p) for p, _ in labels.values()]}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cfg = common.config_from_flags(PRESETS, SensitivityConfig)
+  common.run_and_report(run, cfg, FLAGS.workdir, data_dir=FLAGS.data_dir,
+                        show_progress=FLAGS.progress)
+
+
+if __name__ == "__main__":
+  common.define_flags(PRESETS, cfg_cls=SensitivityConfig)
+  app.run(main)
