@@ -1,0 +1,171 @@
+"""Cost of one RaT-BPTT meta-step: seconds, memory, FLOPs and GFLOP/s.
+
+Configurations (each in its own process, so peak RSS is its own):
+  * total N in {100, 300, 1000} at window M = 50 (random starts);
+  * the three modes (random / end / full) at equal N = 100, M = 50;
+  * ref_fashion: full Fashion-MNIST shapes, ConvNet-3 w128 instance norm,
+    1 image/class, 20 differentiable steps (N = M = 20), SGD momentum 0.9
+    lr 0.01, flip/rotate, real batch 200, 1 init. PyTorch reference on this
+    machine: 1.36 s/step, 2.3 GiB (PERFORMANCE.md);
+  * ref_cifar10: CIFAR-10 recipe, window 60 of 200, Adam 1e-3, real batch
+    5000, IPC 10 (10 per class per step), 1 init. Reference: 28.5 s/step,
+    14.0 GiB.
+The sweeps use the Fashion-MNIST shapes of ref_fashion. Random data of the
+right shapes is used (cost does not depend on pixel values).
+
+  python benchmarks/rat_bptt_step.py --out=/tmp/rat_bptt_step.json
+
+Reported per configuration: median / min seconds per outer step after
+compilation, compile seconds, XLA FLOPs per step (`cost_analysis`) and
+achieved GFLOP/s, XLA temporary bytes (`memory_analysis`), process peak RSS.
+For "random" the time depends on the sampled starts (vmapped prefixes run to
+the largest); the median is over `--runs` steps with fresh starts.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(spec: dict) -> dict:
+  """Runs one configuration in this process and returns its figures."""
+  sys.path.insert(0, ROOT)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from distill_jax import models  # pylint: disable=g-import-not-at-top
+  from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
+
+  shape, classes = tuple(spec.pop("shape")), 10
+  runs = spec.pop("runs")
+  name = spec.pop("name")
+  cfg = rat_bptt.RatConfig(**spec).validate()
+  model = models.build(cfg, shape, classes)
+  tx = rat_bptt.outer_optimizer(cfg)
+  state = rat_bptt.init_state(
+      rat_bptt.init_learned(jax.random.key(0), cfg, classes, shape), tx)
+  step = rat_bptt.make_step(cfg, model, tx)
+  fixed = rat_bptt.empty_fixed(classes, shape)
+  n = max(2 * cfg.real_batch, 1000)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(n, *shape)).astype(np.float32))
+  y = jnp.asarray(rng.integers(0, classes, n).astype(np.int32))
+  key = jax.random.key(1)
+
+  def idx():
+    return jnp.asarray(rng.permutation(n)[:cfg.real_batch].astype(np.int32))
+
+  t = time.perf_counter()
+  compiled = step.lower(state, fixed, x, y, idx(), key).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  mem = compiled.memory_analysis()
+  temp_bytes = int(getattr(mem, "temp_size_in_bytes", -1)) if mem else -1
+  state, m = step(state, fixed, x, y, idx(), key)  # warm-up
+  jax.block_until_ready(state)
+  times, starts = [], []
+  for _ in range(runs):
+    t = time.perf_counter()
+    state, m = step(state, fixed, x, y, idx(), key)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t)
+    starts.append(float(m["start_mean"]))
+  med = statistics.median(times)
+  return {"name": name, **spec, "shape": list(shape),
+          "median_s": round(med, 4), "min_s": round(min(times), 4),
+          "compile_s": round(compile_s, 2), "mean_start": statistics.mean(
+              starts), "gflop_per_step": round(flops / 1e9, 3),
+          "gflops_per_s": round(flops / 1e9 / med, 1),
+          "xla_temp_mib": round(temp_bytes / 2**20, 1),
+          "peak_rss_mib": round(
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+          "loss": float(m["loss"]), "backend": jax.default_backend(),
+          "jax": jax.__version__}
+
+
+FASHION = dict(shape=(28, 28, 1), arch="convnet", width=128, depth=3,
+               norm="instance", pooling="avg", init="torch", ipc=1,
+               batch_per_class=1, inner_opt="sgd", inner_lr=0.01,
+               inner_momentum=0.9, syn_aug="flip_rotate",
+               real_aug="flip_rotate", real_batch=200, num_inits=1)
+
+
+def configs(runs: int, quick: bool) -> list[dict]:
+  base = {**FASHION, "runs": runs}
+  out = []
+  for total in ((100,) if quick else (100, 300, 1000)):
+    out.append({**base, "name": f"N{total}_M50_random", "total_steps": total,
+                "window": 50, "truncation": "random"})
+  for mode in ("end", "full"):
+    out.append({**base, "name": f"N100_M50_{mode}", "total_steps": 100,
+                "window": 50, "truncation": mode})
+  out.append({**base, "name": "ref_fashion", "total_steps": 20, "window": 20,
+              "truncation": "full"})
+  if not quick:
+    out.append({**base, "name": "ref_cifar10", "shape": (32, 32, 3),
+                "ipc": 10, "batch_per_class": 10, "total_steps": 200,
+                "window": 60, "truncation": "random", "inner_opt": "adam",
+                "inner_lr": 1e-3, "real_batch": 5000, "runs": min(runs, 3)})
+  return out
+
+
+REFERENCE = {"ref_fashion": {"s_per_step": 1.36, "gib": 2.3},
+             "ref_cifar10": {"s_per_step": 28.5, "gib": 14.0}}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default="rat_bptt_step.json")
+  parser.add_argument("--runs", type=int, default=5)
+  parser.add_argument("--quick", action="store_true",
+                      help="fewer configurations (CI-sized)")
+  parser.add_argument("--only", default="",
+                      help="comma-separated configuration names")
+  parser.add_argument("--single", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.single:
+    print(json.dumps(measure(json.loads(args.single))))
+    return
+  only = set(filter(None, args.only.split(",")))
+  results = []
+  for spec in configs(args.runs, args.quick):
+    if only and spec["name"] not in only:
+      continue
+    proc = subprocess.run(
+        [sys.executable, __file__, "--single", json.dumps(spec)],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      results.append({"name": spec["name"], "error": proc.stderr[-2000:]})
+    else:
+      results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(json.dumps(results[-1]), flush=True)
+  by = {r["name"]: r for r in results if "error" not in r}
+  summary = {}
+  for name, ref in REFERENCE.items():
+    if name in by:
+      summary[f"{name}_time_over_pytorch"] = round(
+          by[name]["median_s"] / ref["s_per_step"], 2)
+      summary[f"{name}_rss_gib"] = round(by[name]["peak_rss_mib"] / 1024, 2)
+  if "N100_M50_random" in by and "N1000_M50_random" in by:
+    summary["xla_temp_N1000_over_N100"] = round(
+        by["N1000_M50_random"]["xla_temp_mib"] /
+        max(by["N100_M50_random"]["xla_temp_mib"], 1e-9), 2)
+  out = {"results": results, "summary": summary}
+  with open(args.out + ".tmp", "w") as f:
+    json.dump(out, f, indent=1)
+  os.replace(args.out + ".tmp", args.out)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,77 @@
+"""RaT-BPTT / Boost-DD entry points run end to end on fake data (seconds of
+compute each) and reject bad flags with a clear message."""
+
+import json
+
+import pytest
+
+from tests import test_utils
+from tests.experiments_test import _run
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("datasets")
+  return test_utils.write_fake_datasets(str(root))
+
+
+@pytest.mark.parametrize("module", ["rat_bptt_fashion", "rat_bptt_mnist",
+                                    "rat_bptt_cifar"])
+def test_rat_smoke(module, fake_data, tmp_path):
+  proc = _run(module, ["--preset=smoke"], fake_data, tmp_path)
+  assert "test accuracy:" in proc.stdout
+  wd = tmp_path / "wd"
+  report = json.loads((wd / "report.json").read_text())
+  assert 0.0 <= report["test_acc"]["mean"] <= 100.0
+  assert report["selected_budget"] in (3, 6)
+  for name in ("distilled.npz", "metrics.jsonl", "config.json",
+               "images/step_00.png"):
+    assert (wd / name).exists(), name
+  from distill_jax import storage  # pylint: disable=g-import-not-at-top
+  d = storage.load_distilled(str(wd / "distilled.npz"))
+  if module == "rat_bptt_cifar":
+    assert {"zca_matrix", "zca_mean", "soft_labels"} <= set(d.extra)
+    assert d.extra["soft_labels"].min() >= 0.0
+
+
+def test_resume_continues(fake_data, tmp_path):
+  args = ["--preset=smoke", "--outer_steps=3", "--checkpoint_every=1"]
+  _run("rat_bptt_fashion", args, fake_data, tmp_path)
+  proc = _run("rat_bptt_fashion", [*args, "--outer_steps=3", "--resume"],
+              fake_data, tmp_path)
+  assert "test accuracy:" in proc.stdout
+
+
+def test_boost_smoke(fake_data, tmp_path):
+  proc = _run("boost_dd", ["--preset=smoke"], fake_data, tmp_path)
+  assert "test accuracy:" in proc.stdout
+  report = json.loads((tmp_path / "wd" / "report.json").read_text())
+  assert [b["ipc"] for b in report["budgets"]] == [1, 2]
+  from distill_jax import storage  # pylint: disable=g-import-not-at-top
+  d = storage.load_distilled(str(tmp_path / "wd" / "distilled.npz"))
+  assert sorted(set(d.extra["block"].tolist())) == [0, 1]
+
+
+def test_intercorrelation_smoke(fake_data, tmp_path):
+  _run("intercorrelation", ["--preset=smoke", "--budgets=1,2",
+                            "--subset_draws=1"], fake_data, tmp_path)
+  wd = tmp_path / "wd"
+  table = json.loads((wd / "intercorrelation.json").read_text())
+  assert [r["ipc"] for r in table["rows"]] == [1, 2]
+  assert (wd / "intercorrelation.png").exists()
+  assert (wd / "intercorrelation.md").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--truncation=cyclic"], "truncation='cyclic'"),
+    (["--window=50"], "window=50 must be in"),
+    (["--inner_opt=rmsprop"], "inner_opt='rmsprop'"),
+    (["--learn_lr"], "needs inner_opt='gd'"),
+    (["--real_batch=100000"], "exceeds"),
+])
+def test_bad_flags(args, message, fake_data, tmp_path):
+  proc = _run("rat_bptt_fashion", ["--preset=smoke", *args], fake_data,
+              tmp_path, check=False)
+  assert proc.returncode != 0
+  assert message in proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr
