@@ -66,6 +66,7 @@ class DistillConfig:
   outer_epochs: float = 400.0
   outer_steps: int = 0  # > 0 overrides outer_epochs.
   real_batch: int = 1024
+  real_chunk: int = 32  # real-batch loss computed in chunks (0 = at once).
   remat: str = "full"
   objective: str = "ce"
   poison_source: int = 0  # class K whose images should become class T.
@@ -110,6 +111,8 @@ class DistillConfig:
       raise ValueError(
           f"init_mode={self.init_mode} needs pretrained_pool=<pool.npz>; "
           "make one with `python -m experiments.pretrain`.")
+    if self.real_chunk < 0:
+      raise ValueError(f"real_chunk={self.real_chunk} must be >= 0.")
     if self.val_size < 0:
       raise ValueError(f"val_size={self.val_size} must be >= 0.")
     return self

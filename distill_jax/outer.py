@@ -73,7 +73,7 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
     params0 = sharding.shard_leading(params0, mesh)
     loss, grads = meta.value_and_grad(
         state.learned, labels, params0, real_x, real_y, apply_fn=apply_fn,
-        epochs=cfg.epochs, remat=cfg.remat)
+        epochs=cfg.epochs, remat=cfg.remat, real_chunk=cfg.real_chunk)
     chex.assert_trees_all_equal_shapes(grads, state.learned)
     updates, opt_state = tx.update(grads, state.opt_state, state.learned)
     learned = optax.apply_updates(state.learned, updates)

@@ -33,11 +33,11 @@ from distill_jax import progress as progress_lib
 from distill_jax import storage
 from distill_jax import viz
 
-# Fields that may differ between an interrupted run and its resumption (they
-# change when the run stops or what it logs, not the steps it takes).
+# Fields that may differ between an interrupted run and its resumption: they
+# change when the run stops, what it logs, or how (not what) it computes.
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
                 "eval_inits", "val_inits", "eval_batch", "outer_steps",
-                "outer_epochs")
+                "outer_epochs", "real_chunk", "remat")
 
 
 def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None):

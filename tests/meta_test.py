@@ -122,3 +122,23 @@ class MetaGradTest(chex.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class ChunkedLossTest(chex.TestCase):
+
+  def test_chunked_equals_full_value_and_grad(self):
+    model, learned, labels, params0, rx, ry = test_utils.tiny_problem()
+    p0 = jax.tree.map(lambda a: a[0], params0)
+    for chunk in (0, 3, 4, 16, 100):  # 3 leaves a remainder of 1 (n = 16).
+      got = jax.value_and_grad(inner.chunked_loss, argnums=1)(
+          model.apply, p0, rx, ry, chunk)
+      want = jax.value_and_grad(inner.loss, argnums=1)(model.apply, p0, rx, ry)
+      chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
+
+  def test_meta_gradient_unchanged_by_chunking(self):
+    model, learned, labels, params0, rx, ry = test_utils.tiny_problem()
+    a = meta.value_and_grad(learned, labels, params0, rx, ry,
+                            apply_fn=model.apply, epochs=2, real_chunk=0)
+    b = meta.value_and_grad(learned, labels, params0, rx, ry,
+                            apply_fn=model.apply, epochs=2, real_chunk=4)
+    chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-7)
