@@ -567,7 +567,7 @@ def distill(cfg: RatConfig, prep: Prepared, model: models.Model, workdir: str,
     restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
     start = int(restored or 0)
     # pylint: disable-next=protected-access
-    train._truncate_metrics(metrics_path, start)
+    train.truncate_metrics(metrics_path, start)
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
   state = ckpt["state"]

@@ -139,7 +139,7 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
   if resume:
     restored_step, state = checkpoint.restore_latest(mngr, state)
     start = int(restored_step or 0)
-    _truncate_metrics(metrics_path, start)
+    truncate_metrics(metrics_path, start)
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
 
@@ -225,7 +225,8 @@ def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
   return report
 
 
-def _truncate_metrics(path: str, step: int) -> None:
+def truncate_metrics(path: str, step: int) -> None:
+  """Drops records after `step` from a metrics.jsonl (used on resume)."""
   if not os.path.exists(path):
     return
   with open(path) as f:
