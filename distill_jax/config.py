@@ -76,6 +76,7 @@ class DistillConfig:
   eval_inits: int = 200
   eval_every: int = 0  # outer steps between validation evals; 0 = never.
   val_inits: int = 10
+  select_on_val: bool = True  # keep the set with the best validation acc.
   eval_batch: int = 2000
 
   # Run control.

@@ -7,8 +7,13 @@ validation and orbax checkpoints. Both the batch order and the keys depend
 only on the seed and the step, so `resume=True` continues to the same result
 as an uninterrupted run. No flags, no globals.
 
+With `eval_every > 0` the distilled set is evaluated on the validation split
+(held out from the training set) every `eval_every` steps; with
+`select_on_val` the final outputs use the set with the best validation
+accuracy (kept in best_val.npz), never anything chosen on the test set.
+
 Outputs in `workdir`: config.json, metrics.jsonl, checkpoints/,
-distilled.npz, steps/step_XX.png, report.json.
+best_val.npz, distilled.npz, steps/step_XX.png, report.json.
 """
 
 import dataclasses
@@ -37,7 +42,7 @@ from distill_jax import viz
 # change when the run stops, what it logs, or how (not what) it computes.
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
                 "eval_inits", "val_inits", "eval_batch", "outer_steps",
-                "outer_epochs", "real_chunk", "remat")
+                "outer_epochs", "real_chunk", "remat", "select_on_val")
 
 
 def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None):
@@ -147,6 +152,10 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
   y_train = jnp.asarray(ds.y_train)
   val_params0 = inits.heldout(cfg.init_mode, source, model.init, k_val,
                               cfg.val_inits)
+  best_path = os.path.join(workdir, "best_val.npz")
+  best = _load_best(best_path) if resume else None
+  if not resume and os.path.exists(best_path):
+    os.remove(best_path)
   bar = progress_lib.Progress(total, start, enabled=show_progress)
   t0 = time.time()
   step = start
@@ -165,6 +174,11 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
               jnp.asarray(ds.x_val), jnp.asarray(ds.y_val), epochs=cfg.epochs,
               batch=cfg.eval_batch)
           rec["val_acc"] = float(acc.mean())
+          if cfg.select_on_val and (best is None or
+                                    rec["val_acc"] > best["val_acc"]):
+            best = {"step": step, "val_acc": rec["val_acc"],
+                    "learned": jax.tree.map(np.asarray, state.learned)}
+            _save_best(best_path, best)
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.update(step, loss=rec["loss"], **(
@@ -179,12 +193,35 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
   bar.update(total if step == total else step)
   train_time = time.time() - t0
   checkpoint.save(mngr, step, state)
-  return finalize(cfg, workdir, ds, model, state.learned, labels, source,
-                  k_eval, outer_steps=step, train_time=train_time)
+  learned, selected = state.learned, {"step": step, "rule": "last"}
+  if best is not None:
+    learned = best["learned"]
+    selected = {"step": best["step"], "rule": "best validation accuracy",
+                "val_acc": best["val_acc"]}
+  return finalize(cfg, workdir, ds, model, learned, labels, source,
+                  k_eval, outer_steps=step, train_time=train_time,
+                  selected=selected)
+
+
+def _save_best(path: str, best: dict) -> None:
+  arrays = {f"learned/{k}": v for k, v in best["learned"].items()}
+  arrays["step"] = np.array(best["step"])
+  arrays["val_acc"] = np.array(best["val_acc"])
+  storage.atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_best(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with np.load(path, allow_pickle=False) as z:
+    return {"step": int(z["step"]), "val_acc": float(z["val_acc"]),
+            "learned": {k.split("/", 1)[1]: z[k] for k in z.files
+                        if k.startswith("learned/")}}
 
 
 def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
-             outer_steps: int, train_time: float) -> dict:
+             outer_steps: int, train_time: float,
+             selected: dict | None = None) -> dict:
   """Evaluates on held-out inits and writes distilled.npz, PNGs, report."""
   learned = jax.tree.map(np.asarray, learned)
   params0 = inits.heldout(cfg.init_mode, source, model.init, key,
@@ -213,6 +250,8 @@ def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
   report = {
       "dataset": ds.name, "arch": cfg.arch, "init_mode": cfg.init_mode,
       "outer_steps": outer_steps, "train_time_s": round(train_time, 1),
+      "selected_checkpoint": selected or {"step": outer_steps,
+                                          "rule": "last"},
       "eval_time_s": round(eval_time, 1),
       "test_acc": evaluate.summary(test_acc),
       "val_acc": evaluate.summary(val_acc) if val_acc is not None else None,

@@ -26,7 +26,8 @@ def preset(name: str = "default") -> config_lib.DistillConfig:
                                  init_mode="random", steps=10, epochs=3)
   if name == "default":
     return dataclasses.replace(cfg, outer_epochs=120, decay_epochs=30,
-                               eval_every=500)
+                               val_inits=50,
+                               eval_every=250)
   if name == "paper":
     return cfg
   if name == "smoke":

@@ -93,3 +93,32 @@ class RunTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class SelectionTest(absltest.TestCase):
+
+  def test_final_set_is_best_on_validation(self):
+    ds = test_utils.tiny_dataset()
+    cfg = test_utils.tiny_config(outer_steps=6, eval_every=2)
+    wd = self.create_tempdir().full_path
+    report = train.run(cfg, wd, dataset=ds, show_progress=False)
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+      vals = {r["step"]: r["val_acc"] for r in map(json.loads, f)
+              if "val_acc" in r}
+    sel = report["selected_checkpoint"]
+    self.assertEqual(sel["rule"], "best validation accuracy")
+    self.assertEqual(sel["val_acc"], max(vals.values()))
+    self.assertEqual(vals[sel["step"]], max(vals.values()))
+    with np.load(os.path.join(wd, "best_val.npz")) as z:
+      best_x = z["learned/x"]
+    d = storage.load_distilled(os.path.join(wd, "distilled.npz"))
+    np.testing.assert_array_equal(d.x, best_x)
+
+  def test_last_when_not_selecting(self):
+    ds = test_utils.tiny_dataset()
+    cfg = test_utils.tiny_config(outer_steps=4, eval_every=2,
+                                 select_on_val=False)
+    report = train.run(cfg, self.create_tempdir().full_path, dataset=ds,
+                       show_progress=False)
+    self.assertEqual(report["selected_checkpoint"],
+                     {"step": 4, "rule": "last"})
