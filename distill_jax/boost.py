@@ -9,7 +9,7 @@ not released and the details are not recovered (METHODS.md B.10), so this
 module implements a labelled design choice:
 
   * the set grows in `boost_blocks` blocks of `ipc` images per class;
-  * block k is distilled with RaT-BPTT (`rat_bptt.distill`) while blocks
+  * block k is distilled with RaT-BPTT (`rat_train.distill`) while blocks
     0..k-1 stay FIXED (no gradient) but are part of the inner training: they
     are subsampled like the new block and their per-example loss weight is
     beta (`boost_beta`), i.e. their gradient contribution (and, for plain GD
@@ -34,6 +34,8 @@ import numpy as np
 from distill_jax import data
 from distill_jax import models
 from distill_jax import rat_bptt
+from distill_jax import rat_eval
+from distill_jax import rat_train
 from distill_jax import storage
 
 
@@ -109,9 +111,9 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
     else:
       fixed = fixed_blocks(xs, ys, cfg.boost_beta, ds.num_classes,
                            ds.image_shape)
-      out = rat_bptt.distill(cfg, prep, model, sub, fixed=fixed,
-                             key=jax.random.fold_in(k_blocks, b),
-                             resume=resume, show_progress=show_progress)
+      out = rat_train.distill(cfg, prep, model, sub, fixed=fixed,
+                              key=jax.random.fold_in(k_blocks, b),
+                              resume=resume, show_progress=show_progress)
       learned = out["learned"]
       x = np.asarray(learned["x"])
       y = np.asarray(rat_bptt.support(
@@ -129,12 +131,12 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
     px, py = prefix(x_all, y_all, k, cfg.ipc)
     learned = {"x": px, **({"y": py} if cfg.learn_labels else {})}
     sup = rat_bptt.support(learned, no_fixed)
-    res = rat_bptt.final_eval(cfg, prep, model, jax.random.fold_in(k_eval, k),
+    res = rat_eval.final_eval(cfg, prep, model, jax.random.fold_in(k_eval, k),
                               sup, learned)
     budgets.append({"ipc": k * cfg.ipc, "blocks": k, **res})
   block = np.broadcast_to(np.repeat(np.arange(cfg.boost_blocks), cfg.ipc),
                           x_all.shape[:2])
-  path = rat_bptt.save(
+  path = rat_train.save(
       dataclasses.replace(cfg, ipc=cfg.ipc * cfg.boost_blocks), prep, workdir,
       x_all, y_all, {}, {"dataset": ds.name, "arch": cfg.arch,
                          "method": "boost_dd (our reading)",
@@ -146,6 +148,6 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
             "block_ipc": cfg.ipc, "blocks": cfg.boost_blocks,
             "beta": cfg.boost_beta, "budgets": budgets,
             "test_acc": budgets[-1]["test_acc"], "block_runs": block_info,
-            "eval_protocol": rat_bptt.EVAL_PROTOCOL, "distilled": path}
+            "eval_protocol": rat_eval.EVAL_PROTOCOL, "distilled": path}
   storage.write_json(os.path.join(workdir, "report.json"), report)
   return report

@@ -21,18 +21,13 @@ serves every s. The outer step (Adam on the images, optional learned soft
 labels clipped at 0, image-gradient clipping at 2x an EMA of its norm) is one
 `jax.jit` with the state donated.
 
-Evaluation (validation-selected, unlike the release, METHODS.md B.9): fresh
-networks are trained with the inner optimiser on the distilled set for each
-step budget in `eval_budgets`; the budget and the best distillation
-checkpoint are chosen on a validation split held out from the training set,
-and test accuracy is reported once, mean +- std over `eval_nets` networks.
+The evaluation protocol is in `rat_eval`, the host loop (checkpoints,
+resume, outputs) in `rat_train`.
 """
 
 import dataclasses
 import functools
 import json
-import os
-import time
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -42,25 +37,18 @@ import numpy as np
 import optax
 
 from distill_jax import augment
-from distill_jax import checkpoint
 from distill_jax import config as config_lib
 from distill_jax import data
 from distill_jax import distilled
-from distill_jax import evaluate
 from distill_jax import inner
 from distill_jax import inner_opt
 from distill_jax import models
-from distill_jax import progress as progress_lib
-from distill_jax import storage
 from distill_jax import train
 from distill_jax import truncation
 from distill_jax import unroll
-from distill_jax import viz
 from distill_jax import zca as zca_lib
 
 IMAGE_INITS = ("unit_norm", "gaussian")
-_RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_nets",
-                "val_nets", "eval_batch", "eval_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -441,308 +429,3 @@ def make_step(cfg: RatConfig, model: models.Model,
 
   return jax.jit(step, donate_argnums=(0,))
 
-
-# ---------------------------------------------------------------- eval.
-
-
-def make_eval_train(cfg: RatConfig, model: models.Model):
-  """Jitted `(params0 batch, keys, support, learned) -> params per budget`.
-
-  Trains each fresh network with the inner optimiser (same subsampling and
-  augmentation) and returns parameters after every budget, stacked as
-  (len(eval_budgets), nets, ...).
-  """
-  opt = build_opt(cfg)
-  step = functools.partial(inner_step, cfg=cfg, apply_fn=model.apply, opt=opt)
-
-  bounds = np.stack([np.array((0, *cfg.eval_budgets[:-1])),
-                     np.array(cfg.eval_budgets)], 1).astype(np.int32)
-
-  def train_one(params, key, sup, learned):
-    def segment(state, lo_hi):  # one loop body for every budget.
-      state = jax.lax.fori_loop(
-          lo_hi[0], lo_hi[1],
-          lambda t, s: step(s, t, key, sup, step_lr(cfg, learned, t)), state)
-      return state, state.params
-    state = InnerState(params, opt.tx.init(params))
-    _, params_by_budget = jax.lax.scan(segment, state, jnp.asarray(bounds))
-    return params_by_budget
-
-  def run_all(params0, keys, sup, learned):
-    out = jax.vmap(train_one, in_axes=(0, 0, None, None))(params0, keys, sup,
-                                                          learned)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
-  return jax.jit(run_all)
-
-
-def evaluate_set(cfg: RatConfig, model: models.Model, eval_train, key,
-                 sup: Support, learned: dict, nets: int, val, test=None):
-  """Validation accuracy per budget; test accuracy at the chosen budget.
-
-  Args:
-    cfg: configuration (budgets).
-    model: the network.
-    eval_train: from `make_eval_train`.
-    key: PRNG key of the fresh networks and their minibatches.
-    sup: the distilled set to train on.
-    learned: learned pytree (only its "raw_lr" is used, if any).
-    nets: number of fresh networks.
-    val: (x, y) validation split.
-    test: (x, y) test split, or None.
-
-  Returns:
-    dict with "val" (budgets, nets) accuracies, "budget" chosen on
-    validation, and "test" (nets,) at that budget if `test` is given.
-  """
-  k_init, k_train = jax.random.split(key)
-  params0 = jax.vmap(model.init)(jax.random.split(k_init, nets))
-  params = eval_train(params0, jax.random.split(k_train, nets), sup, learned)
-  val_acc = np.stack([
-      evaluate.accuracy(model.apply, jax.tree.map(lambda a, i=i: a[i], params),
-                        val[0], val[1], batch=cfg.eval_batch)
-      for i in range(len(cfg.eval_budgets))])
-  best = int(np.argmax(val_acc.mean(1)))
-  out = {"val": val_acc, "budget": cfg.eval_budgets[best]}
-  if test is not None:
-    out["test"] = evaluate.accuracy(
-        model.apply, jax.tree.map(lambda a: a[best], params), test[0], test[1],
-        batch=cfg.eval_batch)
-  return out
-
-
-# ---------------------------------------------------------------- run.
-
-
-def _check_resume(path: str, cfg: RatConfig) -> None:
-  with open(path) as f:
-    old = json.load(f)
-  new = json.loads(cfg.to_json())
-  diff = sorted(k for k in new if k not in _RUN_CONTROL and
-                old.get(k) != new[k])
-  if diff:
-    raise ValueError(
-        f"--resume with a different configuration: {diff} differ from "
-        f"{path}. Resume with the original flags or use a fresh --workdir.")
-
-
-def distill(cfg: RatConfig, prep: Prepared, model: models.Model, workdir: str,
-            *, fixed: Support | None = None, key: jax.Array | None = None,
-            resume: bool = False, show_progress: bool = True,
-            stop_at: int | None = None) -> dict:
-  """The outer loop: distils one block, keeps the validation-best set.
-
-  Args:
-    cfg: configuration.
-    prep: prepared data.
-    model: the network.
-    workdir: where metrics.jsonl and checkpoints/ go.
-    fixed: earlier (Boost-DD) blocks trained on but not learned.
-    key: PRNG key (default from cfg.seed).
-    resume: continue from the newest checkpoint in `workdir`.
-    show_progress: progress line on stderr.
-    stop_at: stop with a checkpoint after this many steps (as an
-      interruption would).
-
-  Returns:
-    {"learned": best learned pytree (numpy), "best_step", "best_val",
-     "outer_steps", "train_time_s", "interrupted"}.
-  """
-  ds = prep.ds
-  os.makedirs(workdir, exist_ok=True)
-  key = jax.random.key(cfg.seed) if key is None else key
-  k_data, k_steps, k_val = jax.random.split(key, 3)
-  fixed = fixed or empty_fixed(ds.num_classes, ds.image_shape)
-  tx = outer_optimizer(cfg)
-  state = init_state(init_learned(k_data, cfg, ds.num_classes, ds.image_shape),
-                     tx)
-  outer_step = make_step(cfg, model, tx)
-  eval_train = make_eval_train(cfg, model)
-  host = functools.partial(jax.tree.map, np.asarray)
-  ckpt = {"state": state, "best": host(state.learned),
-          "best_val": np.float32(-1), "best_step": np.int32(0)}
-  mngr = checkpoint.manager(workdir)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  start = 0
-  if resume:
-    restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
-    start = int(restored or 0)
-    # pylint: disable-next=protected-access
-    train.truncate_metrics(metrics_path, start)
-  elif os.path.exists(metrics_path):
-    os.remove(metrics_path)
-  state = ckpt["state"]
-  x_train, y_train = jnp.asarray(prep.x_train), jnp.asarray(ds.y_train)
-  val = (jnp.asarray(prep.x_val), jnp.asarray(ds.y_val))
-  n_train = len(ds.y_train)
-  total = cfg.outer_steps
-  bar = progress_lib.Progress(total, start, enabled=show_progress)
-  t0, step = time.time(), start
-
-  def candidate(rec):
-    res = evaluate_set(cfg, model, eval_train, k_val,
-                       support(state.learned, fixed), state.learned,
-                       cfg.val_nets, val)
-    score = float(res["val"].mean(1).max())
-    rec["val_acc"] = round(100 * score, 3)
-    if score > ckpt["best_val"]:
-      ckpt.update(best=host(state.learned), best_val=np.float32(score),
-                  best_step=np.int32(step))
-
-  with open(metrics_path, "a") as log:
-    while step < total:
-      idx = train.batch_indices(cfg.seed, step, n_train, cfg.real_batch)
-      state, m = outer_step(state, fixed, x_train, y_train, idx, k_steps)
-      step += 1
-      last = step == total or (cfg.time_budget_s and
-                               time.time() - t0 > cfg.time_budget_s)
-      is_eval = bool(last or (cfg.eval_every and step % cfg.eval_every == 0))
-      if step % cfg.log_every == 0 or is_eval:
-        rec = {"step": step, "time_s": round(time.time() - t0, 3),
-               **{k: float(v) for k, v in m.items()}}
-        if is_eval:
-          candidate(rec)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-        bar.update(step, loss=rec["loss"])
-      ckpt["state"] = state
-      interrupted = stop_at is not None and step >= stop_at and not last
-      if interrupted or last or (cfg.checkpoint_every and
-                                 step % cfg.checkpoint_every == 0):
-        checkpoint.save(mngr, step, ckpt)
-      if interrupted:
-        return {"interrupted": True, "outer_steps": step}
-      if last:
-        break
-  if total == 0 or step == start and ckpt["best_val"] < 0:
-    ckpt.update(best=host(state.learned), best_step=np.int32(step))
-  bar.update(total if step == total else step)
-  return {"learned": ckpt["best"], "best_step": int(ckpt["best_step"]),
-          "best_val": float(ckpt["best_val"]), "outer_steps": step,
-          "train_time_s": round(time.time() - t0, 1), "interrupted": False}
-
-
-def final_eval(cfg: RatConfig, prep: Prepared, model: models.Model, key,
-               sup: Support, learned: dict) -> dict:
-  """Validation-selected test accuracy over `eval_nets` fresh networks."""
-  ds = prep.ds
-  t = time.time()
-  res = evaluate_set(cfg, model, make_eval_train(cfg, model), key, sup,
-                     learned, cfg.eval_nets,
-                     (jnp.asarray(prep.x_val), jnp.asarray(ds.y_val)),
-                     (jnp.asarray(prep.x_test), jnp.asarray(ds.y_test)))
-  return {
-      "test_acc": evaluate.summary(res["test"]),
-      "selected_budget": res["budget"],
-      "val_acc_by_budget": {str(b): evaluate.summary(a) for b, a in
-                            zip(cfg.eval_budgets, res["val"])},
-      "eval_time_s": round(time.time() - t, 1),
-  }
-
-
-EVAL_PROTOCOL = (
-    "fresh networks trained with the inner optimiser (same subsampling and "
-    "augmentation) for each budget in eval_budgets; budget and distillation "
-    "checkpoint chosen on the validation split; test accuracy at the chosen "
-    "budget, mean +- std over eval_nets networks")
-
-
-def save(cfg: RatConfig, prep: Prepared, workdir: str, x, y_soft,
-         learned: dict, metadata: dict, block=None) -> str:
-  """Writes distilled.npz (and image PNGs); x (C, P, ...), y_soft (C, P, C)."""
-  ds = prep.ds
-  c, p = x.shape[:2]
-  flat_x = np.asarray(x, np.float32).reshape(1, c * p, *x.shape[2:])
-  if "raw_lr" in learned:
-    raw = np.asarray(learned["raw_lr"], np.float32)
-  else:
-    raw = np.full((cfg.total_steps,), distilled.inverse_softplus(
-        cfg.inner_lr), np.float32)
-  extra = {"class_index": np.repeat(np.arange(c), p).astype(np.int32)}
-  if cfg.learn_labels:
-    extra["soft_labels"] = np.asarray(y_soft, np.float32).reshape(c * p, c)
-  if block is not None:
-    extra["block"] = np.asarray(block, np.int32).reshape(c * p)
-  if prep.zca is not None:
-    extra.update(zca_lib.as_extra(prep.zca))
-  path = os.path.join(workdir, "distilled.npz")
-  storage.save_distilled(
-      path, {"x": flat_x, "raw_lr": raw},
-      np.repeat(np.arange(c), p).astype(np.int32)[None], steps=1,
-      epochs=raw.size, mean=ds.mean, std=ds.std,
-      metadata={**metadata, "config": dataclasses.asdict(cfg),
-                "layout": "class-major: image i has class i // P",
-                "raw_lr_meaning": f"inner {cfg.inner_opt} lr per step"},
-      extra=extra)
-  if c <= 20:
-    vis, mean, std = np.asarray(x, np.float32), ds.mean, ds.std
-    if prep.zca is not None:
-      vis = zca_lib.unwhiten(prep.zca, vis.reshape(c * p, *x.shape[2:]))
-      lo = vis.min(axis=(1, 2, 3), keepdims=True)
-      hi = vis.max(axis=(1, 2, 3), keepdims=True)
-      vis = ((vis - lo) / np.maximum(hi - lo, 1e-8)).reshape(x.shape)
-      mean, std = (0.0,) * x.shape[-1], (1.0,) * x.shape[-1]
-    viz.save_step_grids(os.path.join(workdir, "images"), vis.swapaxes(0, 1),
-                        np.tile(np.arange(c), (p, 1)), np.full(p, cfg.inner_lr),
-                        mean, std, ds.class_names)
-  return path
-
-
-def run(cfg: RatConfig, workdir: str, *, dataset: data.Dataset | None = None,
-        data_dir: str | None = None, resume: bool = False,
-        show_progress: bool = True, stop_at: int | None = None,
-        prep: Prepared | None = None) -> dict:
-  """Distils `cfg.dataset` with RaT-BPTT and writes the outputs to workdir.
-
-  Outputs: config.json, metrics.jsonl, checkpoints/, distilled.npz (soft
-  labels and ZCA in `extra/`), images/step_XX.png, report.json.
-
-  Args:
-    cfg: the configuration.
-    workdir: output directory.
-    dataset: an already loaded dataset (else loaded from cfg).
-    data_dir: local dataset copies (see `data.load`).
-    resume: continue from the newest checkpoint.
-    show_progress: progress line on stderr.
-    stop_at: stop after this many outer steps with a checkpoint.
-    prep: already prepared data (overrides `dataset`).
-
-  Returns:
-    The report (also workdir/report.json).
-  """
-  cfg.validate()
-  if cfg.boost_blocks != 1:
-    raise ValueError(f"boost_blocks={cfg.boost_blocks}: use "
-                     "distill_jax.boost.run (experiments/boost_dd.py).")
-  os.makedirs(workdir, exist_ok=True)
-  cfg_path = os.path.join(workdir, "config.json")
-  if resume and os.path.exists(cfg_path):
-    _check_resume(cfg_path, cfg)
-  storage.atomic_write(cfg_path, lambda f: f.write(cfg.to_json()), mode="w")
-  prep = prep or prepare(cfg, dataset, data_dir)
-  ds = prep.ds
-  model = models.build(cfg, ds.image_shape, ds.num_classes)
-  k_distill, k_eval = jax.random.split(jax.random.key(cfg.seed))
-  out = distill(cfg, prep, model, workdir, key=k_distill, resume=resume,
-                show_progress=show_progress, stop_at=stop_at)
-  if out["interrupted"]:
-    return {"interrupted_at": out["outer_steps"]}
-  learned = out["learned"]
-  sup = support(learned, empty_fixed(ds.num_classes, ds.image_shape))
-  result = final_eval(cfg, prep, model, k_eval, sup, learned)
-  path = save(cfg, prep, workdir, learned["x"], sup.y, learned,
-              {"dataset": ds.name, "arch": cfg.arch, "method": "rat_bptt",
-               "num_classes": ds.num_classes, "source": ds.source,
-               "image_shape": list(ds.image_shape),
-               "outer_steps": out["outer_steps"],
-               "best_step": out["best_step"]})
-  report = {"dataset": ds.name, "method": "rat_bptt", "ipc": cfg.ipc,
-            "arch": cfg.arch, "truncation": cfg.truncation,
-            "total_steps": cfg.total_steps, "window": cfg.window_len,
-            "outer_steps": out["outer_steps"], "best_step": out["best_step"],
-            "best_candidate_val_acc": round(100 * out["best_val"], 3),
-            "train_time_s": out["train_time_s"], **result,
-            "labels": "learned soft" if cfg.learn_labels else "fixed hard",
-            "zca": cfg.zca, "eval_protocol": EVAL_PROTOCOL,
-            "distilled": path}
-  storage.write_json(os.path.join(workdir, "report.json"), report)
-  return report

@@ -38,6 +38,8 @@ from distill_jax import boost
 from distill_jax import evaluate
 from distill_jax import models
 from distill_jax import rat_bptt
+from distill_jax import rat_eval
+from distill_jax import rat_train
 from distill_jax import storage
 from distill_jax import viz
 from experiments import common
@@ -79,7 +81,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
   direct = {}
   for b in budgets:
     sub = os.path.join(workdir, f"direct_ipc{b}")
-    direct[b] = _cached(sub, lambda b=b, sub=sub: rat_bptt.run(
+    direct[b] = _cached(sub, lambda b=b, sub=sub: rat_train.run(
         dataclasses.replace(cfg, ipc=b), sub, **kw))["test_acc"]
   boost_dir = os.path.join(workdir, "boost")
   boost_cfg = dataclasses.replace(cfg, ipc=1, boost_blocks=budgets[-1])
@@ -104,9 +106,9 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
         learned["y"] = np.take_along_axis(
             y_big.reshape(c, budgets[-1], c), pick[..., None], axis=1)
       sup = rat_bptt.support(learned, rat_bptt.empty_fixed(c, ds.image_shape))
-      res = rat_bptt.evaluate_set(
+      res = rat_eval.evaluate_set(
           dataclasses.replace(cfg, ipc=b), model,
-          rat_bptt.make_eval_train(cfg, model),
+          rat_eval.make_eval_train(cfg, model),
           jax.random.fold_in(jax.random.key(cfg.seed), 1000 + 10 * b + d),
           sup, learned, cfg.eval_nets,
           (prep.x_val, ds.y_val), (prep.x_test, ds.y_test))
@@ -117,7 +119,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
            "boost_dd": boost_acc.get(b)} for b in budgets]
   table = {"dataset": ds.name, "budgets": list(budgets),
            "subset_of_ipc": budgets[-1], "subset_draws": subset_draws,
-           "rows": rows, "eval_protocol": rat_bptt.EVAL_PROTOCOL,
+           "rows": rows, "eval_protocol": rat_eval.EVAL_PROTOCOL,
            "boost_reading": "earlier blocks fixed, loss weight beta="
                             f"{cfg.boost_beta} (METHODS.md B.10)"}
   storage.write_json(os.path.join(workdir, "intercorrelation.json"), table)

@@ -37,6 +37,7 @@ import dataclasses
 from absl import app
 
 from distill_jax import rat_bptt
+from distill_jax import rat_train
 from experiments import rat_bptt_fashion as base
 
 
@@ -78,7 +79,7 @@ def preset(name: str = "c10_ipc10") -> rat_bptt.RatConfig:
 
 PRESETS = {n: (lambda n=n: preset(n))
            for n in ("c10_ipc10", "c100_ipc10", "c100_ipc1", "smoke")}
-main = base.make_main(PRESETS, rat_bptt.run)
+main = base.make_main(PRESETS, rat_train.run)
 
 if __name__ == "__main__":
   base.define_flags(PRESETS, "c10_ipc10")

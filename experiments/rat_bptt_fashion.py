@@ -32,6 +32,7 @@ images/, report.json (test mean +- std at the validation-selected budget).
 from absl import app
 
 from distill_jax import rat_bptt
+from distill_jax import rat_train
 from experiments import common
 
 
@@ -99,7 +100,7 @@ def define_flags(presets: dict, default: str) -> None:
 
 NAMES = ("cpu_ipc1", "cpu_ipc10", "gpu_ipc1", "gpu_ipc10", "smoke")
 PRESETS = {n: (lambda n=n: preset(n)) for n in NAMES}
-main = make_main(PRESETS, rat_bptt.run)
+main = make_main(PRESETS, rat_train.run)
 
 
 if __name__ == "__main__":

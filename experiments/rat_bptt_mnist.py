@@ -21,6 +21,7 @@ Presets (see experiments/rat_bptt_fashion.py for the shared settings):
 from absl import app
 
 from distill_jax import rat_bptt
+from distill_jax import rat_train
 from experiments import rat_bptt_fashion as base
 
 
@@ -39,7 +40,7 @@ def preset(name: str = "cpu_ipc1") -> rat_bptt.RatConfig:
 
 
 PRESETS = {n: (lambda n=n: preset(n)) for n in base.NAMES}
-main = base.make_main(PRESETS, rat_bptt.run)
+main = base.make_main(PRESETS, rat_train.run)
 
 if __name__ == "__main__":
   base.define_flags(PRESETS, "cpu_ipc1")

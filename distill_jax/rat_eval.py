@@ -1,0 +1,114 @@
+"""RaT-BPTT evaluation protocol: validation-selected step budget.
+
+Unlike the release (METHODS.md B.9), which reports the best test accuracy
+over budgets, fresh networks are trained with the inner optimiser (same
+subsampling and augmentation as distillation) on the distilled set for each
+step budget in `eval_budgets`; the budget (and, in `rat_train`, the best
+distillation checkpoint) is chosen on a validation split held out from the
+training set, and test accuracy is reported once, mean +- std over
+`eval_nets` networks.
+"""
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill_jax import evaluate
+from distill_jax import models
+from distill_jax import rat_bptt
+
+EVAL_PROTOCOL = (
+    "fresh networks trained with the inner optimiser (same subsampling and "
+    "augmentation) for each budget in eval_budgets; budget and distillation "
+    "checkpoint chosen on the validation split; test accuracy at the chosen "
+    "budget, mean +- std over eval_nets networks")
+
+
+def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
+  """Jitted `(params0 batch, keys, support, learned) -> params per budget`.
+
+  Trains each fresh network with the inner optimiser (same subsampling and
+  augmentation) and returns parameters after every budget, stacked as
+  (len(eval_budgets), nets, ...).
+  """
+  opt = rat_bptt.build_opt(cfg)
+  step = functools.partial(rat_bptt.inner_step, cfg=cfg, apply_fn=model.apply,
+                           opt=opt)
+
+  bounds = np.stack([np.array((0, *cfg.eval_budgets[:-1])),
+                     np.array(cfg.eval_budgets)], 1).astype(np.int32)
+
+  def train_one(params, key, sup, learned):
+    def segment(state, lo_hi):  # one loop body for every budget.
+      state = jax.lax.fori_loop(
+          lo_hi[0], lo_hi[1],
+          lambda t, s: step(s, t, key, sup,
+                            rat_bptt.step_lr(cfg, learned, t)), state)
+      return state, state.params
+    state = rat_bptt.InnerState(params, opt.tx.init(params))
+    _, params_by_budget = jax.lax.scan(segment, state, jnp.asarray(bounds))
+    return params_by_budget
+
+  def run_all(params0, keys, sup, learned):
+    out = jax.vmap(train_one, in_axes=(0, 0, None, None))(params0, keys, sup,
+                                                          learned)
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+  return jax.jit(run_all)
+
+
+def evaluate_set(cfg: rat_bptt.RatConfig, model: models.Model, eval_train,
+                 key, sup: rat_bptt.Support, learned: dict, nets: int, val,
+                 test=None):
+  """Validation accuracy per budget; test accuracy at the chosen budget.
+
+  Args:
+    cfg: configuration (budgets).
+    model: the network.
+    eval_train: from `make_eval_train`.
+    key: PRNG key of the fresh networks and their minibatches.
+    sup: the distilled set to train on.
+    learned: learned pytree (only its "raw_lr" is used, if any).
+    nets: number of fresh networks.
+    val: (x, y) validation split.
+    test: (x, y) test split, or None.
+
+  Returns:
+    dict with "val" (budgets, nets) accuracies, "budget" chosen on
+    validation, and "test" (nets,) at that budget if `test` is given.
+  """
+  k_init, k_train = jax.random.split(key)
+  params0 = jax.vmap(model.init)(jax.random.split(k_init, nets))
+  params = eval_train(params0, jax.random.split(k_train, nets), sup, learned)
+  val_acc = np.stack([
+      evaluate.accuracy(model.apply, jax.tree.map(lambda a, i=i: a[i], params),
+                        val[0], val[1], batch=cfg.eval_batch)
+      for i in range(len(cfg.eval_budgets))])
+  best = int(np.argmax(val_acc.mean(1)))
+  out = {"val": val_acc, "budget": cfg.eval_budgets[best]}
+  if test is not None:
+    out["test"] = evaluate.accuracy(
+        model.apply, jax.tree.map(lambda a: a[best], params), test[0], test[1],
+        batch=cfg.eval_batch)
+  return out
+
+
+def final_eval(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
+               model: models.Model, key, sup: rat_bptt.Support,
+               learned: dict) -> dict:
+  """Validation-selected test accuracy over `eval_nets` fresh networks."""
+  ds = prep.ds
+  t = time.time()
+  res = evaluate_set(cfg, model, make_eval_train(cfg, model), key, sup,
+                     learned, cfg.eval_nets,
+                     (jnp.asarray(prep.x_val), jnp.asarray(ds.y_val)),
+                     (jnp.asarray(prep.x_test), jnp.asarray(ds.y_test)))
+  return {
+      "test_acc": evaluate.summary(res["test"]),
+      "selected_budget": res["budget"],
+      "val_acc_by_budget": {str(b): evaluate.summary(a) for b, a in
+                            zip(cfg.eval_budgets, res["val"])},
+      "eval_time_s": round(time.time() - t, 1),
+  }
