@@ -17,9 +17,11 @@ classes (without replacement within a class), augments them, and updates
 network and inner-optimiser state (`inner_opt`); the burn-in is a
 `lax.fori_loop` with a dynamic bound on stop-gradient data, the window a
 `lax.scan` of static length M with `jax.checkpoint`-ed body, so one program
-serves every s. The outer step (Adam on the images, optional learned soft
-labels clipped at 0, image-gradient clipping at 2x an EMA of its norm) is one
-`jax.jit` with the state donated.
+serves every s. The real-batch loss is computed in rematerialised chunks of
+`real_chunk` examples (`inner.chunked_loss`: same value and gradient, faster
+on XLA:CPU; docs/rat_bptt_perf.md). The outer step (Adam on the images,
+optional learned soft labels clipped at 0, image-gradient clipping at 2x an
+EMA of its norm) is one `jax.jit` with the state donated.
 
 The evaluation protocol is in `rat_eval`, the host loop (checkpoints,
 resume, outputs) in `rat_train`.
@@ -94,6 +96,7 @@ class RatConfig:
   # Outer problem.
   num_inits: int = 1
   real_batch: int = 200
+  real_chunk: int = 32  # real-batch loss in remat chunks; 0: at once.
   outer_lr: float = 1e-3
   outer_b1: float = 0.9
   outer_b2: float = 0.999
@@ -165,9 +168,10 @@ class RatConfig:
           f"val_size={self.val_size}: RaT-BPTT selects the eval budget and "
           "the checkpoint on a validation split; set val_size > 0.")
     if min(self.outer_steps, self.task_sampler_nc, self.eval_every,
-           self.checkpoint_every, self.train_limit) < 0:
+           self.checkpoint_every, self.train_limit, self.real_chunk) < 0:
       raise ValueError("outer_steps, task_sampler_nc, eval_every, "
-                       "checkpoint_every and train_limit must be >= 0.")
+                       "checkpoint_every, train_limit and real_chunk must be "
+                       ">= 0.")
     return self
 
   def to_json(self) -> str:
@@ -332,7 +336,8 @@ def meta_loss(learned: dict, fixed: Support, key: jax.Array, start,
   state, _ = jax.lax.scan(unroll.wrap(body, cfg.remat), state,
                           jnp.arange(cfg.window_len))
   real_x = augment.apply(k_real, real_x, cfg.real_aug, max_deg=cfg.rotate_deg)
-  return inner.loss(model.apply, state.params, real_x, real_y)
+  return inner.chunked_loss(model.apply, state.params, real_x, real_y,
+                            cfg.real_chunk)
 
 
 def meta_value_and_grad(learned, fixed, keys, starts, real_x, real_y, *,

@@ -31,7 +31,7 @@ from distill_jax import viz
 from distill_jax import zca as zca_lib
 
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_nets",
-                "val_nets", "eval_batch", "eval_every")
+                "val_nets", "eval_batch", "eval_every", "real_chunk")
 
 
 def _check_resume(path: str, cfg: rat_bptt.RatConfig) -> None:

@@ -78,6 +78,14 @@ class MetaLossTest(absltest.TestCase):
     chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
     self.assertGreater(float(jnp.abs(got[1]["x"]).sum()), 0.0)
 
+  def test_chunked_real_loss_matches_reference(self):
+    cfg = _cfg(truncation="full", total_steps=3, real_chunk=5)  # 5 + 5 + 2.
+    model, learned, rx, ry = _problem(cfg)
+    key = jax.random.key(6)
+    got = _meta(cfg, model, learned, key, 0, rx, ry)
+    want = _reference(cfg, model, learned, key, 0, rx, ry)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+
   def test_prefix_passes_no_gradient(self):
     cfg = _cfg(inner_opt="gd", learn_lr=True, total_steps=6, window=2)
     model, learned, rx, ry = _problem(cfg)
