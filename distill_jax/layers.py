@@ -152,7 +152,7 @@ def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     raise ValueError(f"Unknown conv impl {impl!r}; expected one of "
                      f"{('auto',) + CONV_IMPLS}.")
   if b is not None:
-    y = y + b
+    y = y + b.reshape((1,) * (y.ndim - 1) + (-1,))
   return y
 
 

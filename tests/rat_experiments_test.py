@@ -34,14 +34,6 @@ def test_rat_smoke(module, fake_data, tmp_path):
     assert d.extra["soft_labels"].min() >= 0.0
 
 
-def test_resume_continues(fake_data, tmp_path):
-  args = ["--preset=smoke", "--outer_steps=3", "--checkpoint_every=1"]
-  _run("rat_bptt_fashion", args, fake_data, tmp_path)
-  proc = _run("rat_bptt_fashion", [*args, "--outer_steps=3", "--resume"],
-              fake_data, tmp_path)
-  assert "test accuracy:" in proc.stdout
-
-
 def test_boost_smoke(fake_data, tmp_path):
   proc = _run("boost_dd", ["--preset=smoke"], fake_data, tmp_path)
   assert "test accuracy:" in proc.stdout
