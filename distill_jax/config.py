@@ -77,7 +77,7 @@ class DistillConfig:
   eval_every: int = 0  # outer steps between validation evals; 0 = never.
   val_inits: int = 10
   select_on_val: bool = True  # keep the set with the best validation acc.
-  eval_batch: int = 2000
+  eval_batch: int = 500
 
   # Run control.
   seed: int = 0

@@ -48,8 +48,8 @@ def _accuracy_batched(apply_fn, params_batch, x, y, batch: int):
   return jax.vmap(one_net)(params_batch)
 
 
-def accuracy(apply_fn, params_batch, x, y, *, batch: int = 2000,
-             chunk: int = 25) -> np.ndarray:
+def accuracy(apply_fn, params_batch, x, y, *, batch: int = 500,
+             chunk: int = 10) -> np.ndarray:
   """Per-network accuracy on the whole of (x, y).
 
   Args:
@@ -85,7 +85,7 @@ def replay(apply_fn, params0_batch, learned, labels, *, epochs: int,
 
 
 def replay_accuracy(apply_fn, params0_batch, learned, labels, x, y, *,
-                    epochs: int, batch: int = 2000) -> np.ndarray:
+                    epochs: int, batch: int = 500) -> np.ndarray:
   """Replay evaluation: accuracy on (x, y) after the learned steps."""
   params = replay(apply_fn, params0_batch, learned, labels, epochs=epochs)
   return accuracy(apply_fn, params, x, y, batch=batch)
@@ -115,7 +115,7 @@ def _retrain(apply_fn, params0_batch, keys, x, y, lr, epochs: int,
 
 def retrain_accuracy(apply_fn, params0_batch, key, x_syn, y_syn, x, y, *,
                      lr: float, epochs: int, batch_size: int,
-                     batch: int = 2000) -> np.ndarray:
+                     batch: int = 500) -> np.ndarray:
   """Retrain evaluation: minibatch SGD on the distilled images.
 
   Args:
