@@ -43,7 +43,7 @@ def measure(spec: dict) -> dict:
   cfg = config_lib.DistillConfig(
       steps=spec["steps"], epochs=spec["epochs"], num_inits=spec["num_inits"],
       remat=spec["remat"], real_batch=spec["real_batch"],
-      real_chunk=spec.get("real_chunk", 32),
+      real_chunk=spec.get("real_chunk", 16),
       arch=spec.get("arch", "lenet"))
   shape, classes = (28, 28, 1), 10
   model = models.build(cfg, shape, classes)

@@ -66,7 +66,7 @@ class DistillConfig:
   outer_epochs: float = 400.0
   outer_steps: int = 0  # > 0 overrides outer_epochs.
   real_batch: int = 1024
-  real_chunk: int = 32  # real-batch loss computed in chunks (0 = at once).
+  real_chunk: int = 16  # real-batch loss computed in chunks (0 = at once).
   remat: str = "full"
   objective: str = "ce"
   poison_source: int = 0  # class K whose images should become class T.

@@ -17,6 +17,7 @@ best_val.npz, distilled.npz, steps/step_XX.png, report.json.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -83,12 +84,20 @@ def _check_resume_config(path: str, cfg: config_lib.DistillConfig) -> None:
         f"{path}. Resume with the original flags or use a fresh --workdir.")
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+
+
 def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
-  """Real-batch indices of outer step `step`: epoch-wise permutations."""
+  """Real-batch indices of outer step `step`: epoch-wise permutations.
+
+  The permutation of epoch e depends only on (seed, e), so any step's batch
+  can be recomputed after a restart.
+  """
   per_epoch = max(1, n // batch)
   epoch, i = divmod(step, per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(n)
-  return perm[i * batch:(i + 1) * batch].astype(np.int32)
+  return _epoch_permutation(seed, epoch, n)[i * batch:(i + 1) * batch]
 
 
 def run(cfg: config_lib.DistillConfig, workdir: str, *,
