@@ -8,8 +8,9 @@ class Progress:
   """Prints `step/total [elapsed<eta, s/step] key=value ...` to stderr."""
 
   def __init__(self, total: int, start: int = 0, every_s: float = 1.0,
-               stream=None, enabled: bool = True):
+               stream=None, enabled: bool = True, time_budget_s: float = 0.0):
     self.total, self.start = total, start
+    self.time_budget_s = time_budget_s
     self.every_s = every_s
     self.stream = stream or sys.stderr
     self.enabled = enabled
@@ -25,6 +26,8 @@ class Progress:
     done = max(step - self.start, 1)
     rate = (now - self.t0) / done
     eta = rate * (self.total - step)
+    if self.time_budget_s:
+      eta = max(0.0, min(eta, self.time_budget_s - (now - self.t0)))
     vals = " ".join(f"{k}={v:.4g}" for k, v in values.items())
     end = "\n" if step >= self.total else ""
     self.stream.write(

@@ -165,7 +165,8 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
   best = _load_best(best_path) if resume else None
   if not resume and os.path.exists(best_path):
     os.remove(best_path)
-  bar = progress_lib.Progress(total, start, enabled=show_progress)
+  bar = progress_lib.Progress(total, start, enabled=show_progress,
+                              time_budget_s=cfg.time_budget_s)
   t0 = time.time()
   step = start
   with open(metrics_path, "a") as log:

@@ -14,6 +14,7 @@ import typing
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from distill_jax import config as config_lib
 
@@ -75,6 +76,8 @@ def config_from_flags(presets: dict, cfg_cls=config_lib.DistillConfig):
 
 def run_and_report(run_fn, cfg, workdir: str, **kwargs) -> dict:
   """Runs `run_fn(cfg, workdir, ...)`, turning user errors into messages."""
+  if not FLAGS["verbosity"].present:  # Keep library INFO logs (orbax) quiet.
+    logging.set_verbosity(logging.WARNING)
   from distill_jax import data  # pylint: disable=g-import-not-at-top
   from distill_jax import storage  # pylint: disable=g-import-not-at-top
   try:
