@@ -114,7 +114,7 @@ def _conv_shift(x, w, pads):
     for j in range(kw):
       s = x[:, i:i + ho, j:j + wo, :]
       if ci == 1:
-        term = s * w[i, j, 0]
+        term = s * w[i, j, 0].reshape(1, 1, 1, -1)
       else:
         term = lax.dot_general(s, w[i, j], (((3,), (0,)), ((), ())))
       out = term if out is None else out + term

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import layers
+from tests import test_utils  # pylint: disable=unused-import (debug guards)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
