@@ -336,7 +336,8 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   def _read_arrays(self, directory: epath.Path):
-    raise NotImplementedError
+    """Returns {split: (x, y)}; each concrete builder below defines it."""
+    raise TypeError(f"{type(self).__name__} does not define _read_arrays.")
 
   def _split_generators(self, dl_manager):
     directory = _require_dir(dl_manager.manual_dir, self.LAYOUT_NAME)
