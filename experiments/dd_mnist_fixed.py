@@ -9,9 +9,12 @@ Command (2-core CPU, data on disk):
   python -m experiments.dd_mnist_fixed --workdir=/tmp/dd_mnist_fixed \
       --data_dir=../shared/datasets
 
-Presets: `default` (CPU budget, see README for its measured runtime and
-accuracy), `paper` (400 outer epochs, the reference schedule), `smoke`
-(seconds, for tests).
+Measured (`default`: 120 outer epochs, lr halved every 25, set selected on
+validation): 96.07% test accuracy; about 18 minutes of compute on an idle
+2-core CPU (0.17 s per outer step; 75 min wall when sharing the machine).
+
+Presets: `default` (the CPU budget above), `paper` (400 outer epochs, the
+reference schedule), `smoke` (seconds, for tests).
 """
 
 import dataclasses

@@ -9,8 +9,12 @@ Command (2-core CPU, data on disk):
   python -m experiments.dd_mnist_random --workdir=/tmp/dd_mnist_random \
       --data_dir=../shared/datasets
 
-Presets: `default` (CPU budget; runtime and accuracy in the README),
-`paper` (400 outer epochs), `smoke` (seconds, for tests).
+Measured (`default`: 120 outer epochs, lr halved every 30, set selected on
+validation every 250 steps): 77.96 +- 5.57% over 200 held-out inits; about
+19 minutes of compute on an idle 2-core CPU plus 3 minutes of evaluation.
+
+Presets: `default` (the CPU budget above), `paper` (400 outer epochs),
+`smoke` (seconds, for tests).
 """
 
 import dataclasses
