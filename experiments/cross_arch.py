@@ -52,7 +52,7 @@ class CrossArchConfig:
   retrain_lrs: str = "0.001,0.01,0.1"
   retrain_epochs: int = 30
   retrain_batch: int = 10
-  eval_batch: int = 2000
+  eval_batch: int = 100  # images per forward (x 10 networks): bounds memory
   seed: int = 1
 
   def arch_list(self) -> tuple[str, ...]:
