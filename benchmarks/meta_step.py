@@ -44,6 +44,7 @@ def measure(spec: dict) -> dict:
       steps=spec["steps"], epochs=spec["epochs"], num_inits=spec["num_inits"],
       remat=spec["remat"], real_batch=spec["real_batch"],
       real_chunk=spec.get("real_chunk", 16),
+      init_group=spec.get("init_group", -1),
       arch=spec.get("arch", "lenet"))
   shape, classes = (28, 28, 1), 10
   model = models.build(cfg, shape, classes)
@@ -149,13 +150,24 @@ def main():
   parser.add_argument("--runs", type=int, default=10)
   parser.add_argument("--quick", action="store_true",
                       help="fewer configurations (CI-sized)")
+  parser.add_argument("--only", default="",
+                      help="comma-separated configuration names to run "
+                           "(e.g. inits_1,inits_16); default all")
   parser.add_argument("--single", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.single:
     print(json.dumps(measure(json.loads(args.single))))
     return
   results = []
-  for spec in configs(args.runs, args.quick):
+  specs = configs(args.runs, args.quick)
+  if args.only:
+    names = set(args.only.split(","))
+    unknown = names - {s["name"] for s in specs}
+    if unknown:
+      parser.error(f"--only: unknown configurations {sorted(unknown)}; "
+                   f"choose from {[s['name'] for s in specs]}")
+    specs = [s for s in specs if s["name"] in names]
+  for spec in specs:
     proc = subprocess.run(
         [sys.executable, __file__, "--single", json.dumps(spec)],
         capture_output=True, text=True, check=False)

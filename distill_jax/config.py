@@ -68,6 +68,9 @@ class DistillConfig:
   real_batch: int = 1024
   real_chunk: int = 16  # real-batch loss computed in chunks (0 = at once).
   remat: str = "full"
+  # Initialisations per vmap call; groups run one after another. -1 = pick
+  # for the backend (4 on CPU, all at once on GPU/TPU), 0 = all at once.
+  init_group: int = -1
   objective: str = "ce"
   poison_source: int = 0  # class K whose images should become class T.
   poison_target: int = 1
@@ -112,6 +115,10 @@ class DistillConfig:
       raise ValueError(
           f"init_mode={self.init_mode} needs pretrained_pool=<pool.npz>; "
           "make one with `python -m experiments.pretrain`.")
+    if self.init_group < -1:
+      raise ValueError(
+          f"init_group={self.init_group} must be -1 (auto), 0 (all) or a "
+          "positive number of initialisations per vmap call.")
     if self.real_chunk < 0:
       raise ValueError(f"real_chunk={self.real_chunk} must be >= 0.")
     if self.val_size < 0:

@@ -61,6 +61,7 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
   count divides `cfg.num_inits`, the initialisations are sharded across them.
   """
   mesh = sharding.inits_mesh(cfg.num_inits)
+  group = meta.resolve_group(cfg.num_inits, cfg.init_group, mesh is not None)
 
   def step(state: OuterState, labels, x_train, y_train, batch_idx, key,
            source):
@@ -73,7 +74,8 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
     params0 = sharding.shard_leading(params0, mesh)
     loss, grads = meta.value_and_grad(
         state.learned, labels, params0, real_x, real_y, apply_fn=apply_fn,
-        epochs=cfg.epochs, remat=cfg.remat, real_chunk=cfg.real_chunk)
+        epochs=cfg.epochs, remat=cfg.remat, real_chunk=cfg.real_chunk,
+        init_group=group)
     chex.assert_trees_all_equal_shapes(grads, state.learned)
     updates, opt_state = tx.update(grads, state.opt_state, state.learned)
     learned = optax.apply_updates(state.learned, updates)

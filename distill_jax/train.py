@@ -43,7 +43,8 @@ from distill_jax import viz
 # change when the run stops, what it logs, or how (not what) it computes.
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
                 "eval_inits", "val_inits", "eval_batch", "outer_steps",
-                "outer_epochs", "real_chunk", "remat", "select_on_val")
+                "outer_epochs", "real_chunk", "remat", "init_group",
+                "select_on_val")
 
 
 def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None):

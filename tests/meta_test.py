@@ -96,10 +96,19 @@ class MetaGradTest(chex.TestCase):
     chex.assert_numerical_grads(f, (learned["x"], learned["raw_lr"]),
                                 order=1, atol=2e-2, rtol=2e-2)
 
-  def test_vmap_over_inits_equals_loop(self):
-    model, learned, labels, params0, rx, ry = test_utils.tiny_problem()
+  @parameterized.parameters(
+      (4, 0),  # one vmap over all inits
+      (4, 2),  # two groups of two: vmap inside, lax.map across
+      (4, 1),  # one init at a time
+      (4, 3),  # does not divide: falls back to one vmap
+      (1, 0),  # single init: no vmap at all
+  )
+  def test_vmap_over_inits_equals_loop(self, num_inits, init_group):
+    model, learned, labels, params0, rx, ry = test_utils.tiny_problem(
+        test_utils.tiny_config(num_inits=num_inits))
     loss, grads = meta.value_and_grad(learned, labels, params0, rx, ry,
-                                      apply_fn=model.apply, epochs=2)
+                                      apply_fn=model.apply, epochs=2,
+                                      init_group=init_group)
     n = jax.tree.leaves(params0)[0].shape[0]
     losses, gs = [], []
     for j in range(n):
@@ -112,6 +121,14 @@ class MetaGradTest(chex.TestCase):
     mean_g = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), 0), *gs)
     chex.assert_trees_all_close(grads, mean_g, rtol=1e-4, atol=1e-7)
     chex.assert_tree_all_finite(grads)
+
+  def test_resolve_group(self):
+    self.assertEqual(meta.resolve_group(16, 4, False), 4)
+    self.assertEqual(meta.resolve_group(16, 0, False), 16)
+    self.assertEqual(meta.resolve_group(16, 5, False), 16)
+    self.assertEqual(meta.resolve_group(16, -1, True), 16)
+    self.assertEqual(meta.resolve_group(8, -1, False),
+                     4 if jax.default_backend() == "cpu" else 8)
 
   def test_poison_targets(self):
     y = jnp.array([0, 1, 2, 0])
