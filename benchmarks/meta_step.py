@@ -13,12 +13,9 @@ compilation), compile seconds, XLA FLOPs per step and achieved GFLOP/s,
 XLA's temporary-buffer peak (`memory_analysis`), and process peak RSS.
 """
 
-import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -144,39 +141,7 @@ def configs(runs: int, quick: bool) -> list[dict]:
   return out
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="meta_step.json")
-  parser.add_argument("--runs", type=int, default=10)
-  parser.add_argument("--quick", action="store_true",
-                      help="fewer configurations (CI-sized)")
-  parser.add_argument("--only", default="",
-                      help="comma-separated configuration names to run "
-                           "(e.g. inits_1,inits_16); default all")
-  parser.add_argument("--single", help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.single:
-    print(json.dumps(measure(json.loads(args.single))))
-    return
-  results = []
-  specs = configs(args.runs, args.quick)
-  if args.only:
-    names = set(args.only.split(","))
-    unknown = names - {s["name"] for s in specs}
-    if unknown:
-      parser.error(f"--only: unknown configurations {sorted(unknown)}; "
-                   f"choose from {[s['name'] for s in specs]}")
-    specs = [s for s in specs if s["name"] in names]
-  for spec in specs:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--single", json.dumps(spec)],
-        capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-      results.append({**spec, "error": proc.stderr[-2000:]})
-    else:
-      results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(json.dumps(results[-1]), flush=True)
-  by = {r["name"]: r for r in results if "error" not in r}
+def summarize(by: dict) -> dict:
   summary = {}
   if "inits_1" in by and "inits_16" in by:
     summary["inits_16_over_1"] = round(
@@ -188,11 +153,14 @@ def main():
     summary["xla_temp_300_over_30_remat"] = round(
         by["unroll_300_full"]["xla_temp_mib"] /
         max(by["unroll_30_full"]["xla_temp_mib"], 1e-9), 2)
-  out = {"results": results, "summary": summary}
-  with open(args.out + ".tmp", "w") as f:
-    json.dump(out, f, indent=1)
-  os.replace(args.out + ".tmp", args.out)
-  print(json.dumps(summary))
+  return summary
+
+
+def main():
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import sweep  # pylint: disable=g-import-not-at-top
+  sweep.main(__file__, __doc__, "meta_step.json", 10, configs, measure,
+             summarize)
 
 
 if __name__ == "__main__":

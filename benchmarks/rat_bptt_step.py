@@ -22,12 +22,9 @@ For "random" the time depends on the sampled starts (vmapped prefixes run to
 the largest); the median is over `--runs` steps with fresh starts.
 """
 
-import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -123,33 +120,7 @@ REFERENCE = {"ref_fashion": {"s_per_step": 1.36, "gib": 2.3},
              "ref_cifar10": {"s_per_step": 28.5, "gib": 14.0}}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="rat_bptt_step.json")
-  parser.add_argument("--runs", type=int, default=5)
-  parser.add_argument("--quick", action="store_true",
-                      help="fewer configurations (CI-sized)")
-  parser.add_argument("--only", default="",
-                      help="comma-separated configuration names")
-  parser.add_argument("--single", help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.single:
-    print(json.dumps(measure(json.loads(args.single))))
-    return
-  only = set(filter(None, args.only.split(",")))
-  results = []
-  for spec in configs(args.runs, args.quick):
-    if only and spec["name"] not in only:
-      continue
-    proc = subprocess.run(
-        [sys.executable, __file__, "--single", json.dumps(spec)],
-        capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-      results.append({"name": spec["name"], "error": proc.stderr[-2000:]})
-    else:
-      results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(json.dumps(results[-1]), flush=True)
-  by = {r["name"]: r for r in results if "error" not in r}
+def summarize(by: dict) -> dict:
   summary = {}
   for name, ref in REFERENCE.items():
     if name in by:
@@ -160,11 +131,14 @@ def main():
     summary["xla_temp_N1000_over_N100"] = round(
         by["N1000_M50_random"]["xla_temp_mib"] /
         max(by["N100_M50_random"]["xla_temp_mib"], 1e-9), 2)
-  out = {"results": results, "summary": summary}
-  with open(args.out + ".tmp", "w") as f:
-    json.dump(out, f, indent=1)
-  os.replace(args.out + ".tmp", args.out)
-  print(json.dumps(summary))
+  return summary
+
+
+def main():
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import sweep  # pylint: disable=g-import-not-at-top
+  sweep.main(__file__, __doc__, "rat_bptt_step.json", 5, configs, measure,
+             summarize)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""Shared driver of the benchmark scripts: one process per configuration.
+
+Each benchmark module defines `configs(runs, quick) -> list[dict]` (every
+dict has a unique "name"), `measure(spec) -> dict` and a `summarize(by_name)
+-> dict`; `main` parses the common flags, runs every selected configuration
+in a fresh interpreter (so peak RSS is its own), prints one JSON line per
+configuration and writes `{"results": [...], "summary": {...}}` atomically.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Callable
+
+
+def main(script: str, doc: str, default_out: str, default_runs: int,
+         configs: Callable[[int, bool], list], measure: Callable[[dict], dict],
+         summarize: Callable[[dict], dict]) -> None:
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--out", default=default_out)
+  parser.add_argument("--runs", type=int, default=default_runs)
+  parser.add_argument("--quick", action="store_true",
+                      help="fewer configurations (CI-sized)")
+  parser.add_argument("--only", default="",
+                      help="comma-separated configuration names to run; "
+                           "default all")
+  parser.add_argument("--single", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.single:
+    print(json.dumps(measure(json.loads(args.single))))
+    return
+  specs = configs(args.runs, args.quick)
+  names = set(filter(None, args.only.split(",")))
+  unknown = names - {s["name"] for s in specs}
+  if unknown:
+    parser.error(f"--only: unknown configurations {sorted(unknown)}; "
+                 f"choose from {[s['name'] for s in specs]}")
+  results = []
+  for spec in specs:
+    if names and spec["name"] not in names:
+      continue
+    proc = subprocess.run(
+        [sys.executable, script, "--single", json.dumps(spec)],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      results.append({**spec, "error": proc.stderr[-2000:]})
+    else:
+      results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(json.dumps(results[-1]), flush=True)
+  by = {r["name"]: r for r in results if "error" not in r}
+  out = {"results": results, "summary": summarize(by)}
+  with open(args.out + ".tmp", "w") as f:
+    json.dump(out, f, indent=1)
+  os.replace(args.out + ".tmp", args.out)
+  print(json.dumps(out["summary"]))

@@ -1,0 +1,46 @@
+"""The benchmark drivers: configuration selection and error messages."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args):
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+      capture_output=True, text=True, check=False, cwd=ROOT,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+class BenchmarkDriverTest(absltest.TestCase):
+
+  def test_unknown_configuration_is_named(self):
+    for script in ("meta_step.py", "rat_bptt_step.py"):
+      proc = _run(script, "--only=nope", "--out=/dev/null")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("unknown configurations ['nope']", proc.stderr)
+      self.assertIn("choose from", proc.stderr)
+
+  def test_meta_step_single_configuration_writes_json(self):
+    with tempfile.TemporaryDirectory() as d:
+      out = os.path.join(d, "m.json")
+      proc = _run("meta_step.py", "--only=inits_1", "--runs=1", "--quick",
+                  f"--out={out}")
+      self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+      with open(out) as f:
+        res = json.load(f)
+    self.assertEqual([r["name"] for r in res["results"]], ["inits_1"])
+    r = res["results"][0]
+    self.assertNotIn("error", r)
+    self.assertGreater(r["median_s"], 0)
+    self.assertGreater(r["gflop_per_step"], 0)
+
+
+if __name__ == "__main__":
+  absltest.main()
