@@ -63,6 +63,14 @@ def test_table1_smoke(fake_data, tmp_path):
   assert abs(out["diff_vs_paper"]["kmeans"] -
              (out["rows"]["kmeans"]["test_acc"]["mean"] - 76.4)) < 1e-6
   assert (tmp_path / "wd" / "table1.md").exists()
+  # Another fixed-init run: the baselines come from the workdir's cache and
+  # the table is the same apart from the DD rows.
+  fixed2 = _fake_dd_run(tmp_path / "fixed2", "fixed")
+  proc = _run("table1", ["--preset=smoke", f"--fixed_dir={fixed2}",
+                         f"--random_dir={rand}"], fake_data, tmp_path)
+  assert "baselines: reusing" in proc.stdout
+  out2 = json.loads((tmp_path / "wd" / "table1.json").read_text())
+  assert out2["rows"]["kmeans"] == out["rows"]["kmeans"]
 
 
 def test_table1_bad_flags(fake_data, tmp_path):
