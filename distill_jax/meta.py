@@ -108,14 +108,17 @@ def value_and_grad(learned, labels, params0_batch, real_x, real_y, *,
     return jax.vmap(per_init, in_axes=(None, None, 0, None, None))(
         l, labels, p0, real_x, real_y)
 
-  def mean_loss(l):
-    if num == 1:
-      p0 = jax.tree.map(lambda a: a[0], params0_batch)
-      return per_init(l, labels, p0, real_x, real_y)
-    if group == num:
-      return jnp.mean(batch_losses(l, params0_batch))
-    grouped = jax.tree.map(
-        lambda a: a.reshape(num // group, group, *a.shape[1:]), params0_batch)
-    return jnp.mean(jax.lax.map(lambda p0: batch_losses(l, p0), grouped))
-
-  return jax.value_and_grad(mean_loss)(learned)
+  if num == 1:
+    p0 = jax.tree.map(lambda a: a[0], params0_batch)
+    return jax.value_and_grad(per_init)(learned, labels, p0, real_x, real_y)
+  if group == num:
+    return jax.value_and_grad(
+        lambda l: jnp.mean(batch_losses(l, params0_batch)))(learned)
+  # Gradient accumulation over groups: each group's backward pass runs right
+  # after its forward pass, so only one group's residuals are alive at once.
+  grouped = jax.tree.map(
+      lambda a: a.reshape(num // group, group, *a.shape[1:]), params0_batch)
+  losses, grads = jax.lax.map(
+      lambda p0: jax.value_and_grad(
+          lambda l: jnp.mean(batch_losses(l, p0)))(learned), grouped)
+  return jnp.mean(losses), jax.tree.map(lambda g: jnp.mean(g, 0), grads)

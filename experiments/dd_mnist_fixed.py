@@ -30,8 +30,7 @@ def preset(name: str = "default") -> config_lib.DistillConfig:
                                  init_mode="fixed", steps=10, epochs=3,
                                  eval_inits=1, val_inits=1)
   if name == "default":
-    return dataclasses.replace(cfg, outer_epochs=120, decay_epochs=25,
-                               eval_every=250)
+    return dataclasses.replace(cfg, outer_epochs=240, eval_every=500)
   if name == "paper":
     return cfg
   if name == "smoke":
