@@ -15,11 +15,12 @@ Command (2-core CPU):
   python -m experiments.poisoning --workdir=/tmp/poison_mnist \
       --data_dir=../shared/datasets --poison_source=0 --poison_target=1
 
-Expected runtime: ~25 CPU minutes (pretraining 150 LeNets for 0.5 epoch,
-~10 min; 10 minutes of distillation; evaluation ~1 min); with an existing
-pool (--pool=DIR/pool.npz) ~12 min. Expected result: K->T rate rises from
-~0% to a large fraction (tens of %) after the single step, while accuracy
-on the other classes drops only a few points. Outputs: WORKDIR/poisoning.json,
+Measured (2026-11-22, defaults: 100 train / 50 held-out LeNets pretrained
+for 0.5 epoch, 1,500 outer steps with 4 pool networks each): 44 min wall
+while sharing the 2 cores with two other runs (about 20 min alone,
+estimate). On the 50 held-out networks, class 0 classified as 1: 0.01% ->
+56.96 +- 37.16% after the single step (min 1%, max 99.9%); accuracy on the
+other classes 95.81 +- 0.45% -> 83.95 +- 9.91%. Outputs: WORKDIR/poisoning.json,
 WORKDIR/pool/pool.npz, WORKDIR/dd/ (distilled.npz, step PNGs).
 """
 
@@ -61,8 +62,8 @@ class PoisonConfig:
   lr_init: float = 0.02
   num_inits: int = 4
   real_batch: int = 1024
-  outer_steps: int = 0
-  time_budget_s: float = 600.0
+  outer_steps: int = 1500
+  time_budget_s: float = 0.0
   outer_epochs: float = 50.0
   val_size: int = 5000
   train_limit: int = 0
