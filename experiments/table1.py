@@ -159,7 +159,10 @@ def markdown(rows: dict, dataset: str, title: str) -> str:
   lines = [f"### {title}", "",
            "| row | ours (test %) | paper | ours − paper | selected on val |",
            "|---|---|---|---|---|"]
-  for key, row in rows.items():
+  order = [k for k in ROW_NAMES if k in rows] + sorted(
+      k for k in rows if k not in ROW_NAMES)
+  for key in order:
+    row = rows[key]
     acc = row["test_acc"]
     ours = (acc["mean"], acc["std"] if acc["n"] > 1 else None)
     ref = paper.get(key)
