@@ -61,7 +61,7 @@ def resolve_group(num_inits: int, init_group: int, sharded: bool) -> int:
   `init_group = -1` picks for the backend: all of them (one vmap) on GPU/TPU
   or when the init axis is sharded over devices; on CPU groups of 4, which
   keeps the batched working set cache-sized (16 inits in one vmap measured
-  16.5x one init on 2 CPU cores; 4 groups of 4 about 12x, BUILD.md).
+  16.5x one init on 2 CPU cores; 4 groups of 4: 15.6-17.8x, BUILD.md).
   `0` means all at once. A group that does not divide `num_inits` falls back
   to all at once.
   """
