@@ -102,7 +102,7 @@ def value_and_grad(learned, labels, params0_batch, real_x, real_y, *,
   per_init = functools.partial(loss, apply_fn=apply_fn, epochs=epochs,
                                remat=remat, real_chunk=real_chunk)
   num = jax.tree.leaves(params0_batch)[0].shape[0]
-  group = num if init_group <= 0 or num % init_group else init_group
+  group = resolve_group(num, max(init_group, 0), sharded=False)
 
   def batch_losses(l, p0):
     return jax.vmap(per_init, in_axes=(None, None, 0, None, None))(
