@@ -21,6 +21,7 @@ NORMS = ("instance", "batch", "none")
 POOLINGS = ("avg", "max", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 OBJECTIVES = ("ce", "poison")
+IMAGE_INITS = ("noise", "real")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,9 @@ class DistillConfig:
   images_per_class_per_step: int = 1
   lr_init: float = 0.02
   learn_lr: bool = True
+  # Initial images: "noise" = N(0, 1) in normalised space (the paper);
+  # "real" = a random training image of the image's class.
+  image_init: str = "noise"
 
   # Distribution of initial weights p(theta_0).
   init_mode: str = "random"
@@ -101,6 +105,7 @@ class DistillConfig:
     _choice("pooling", self.pooling, POOLINGS)
     _choice("remat", self.remat, REMAT_POLICIES)
     _choice("objective", self.objective, OBJECTIVES)
+    _choice("image_init", self.image_init, IMAGE_INITS)
     for name in ("steps", "epochs", "images_per_class_per_step", "num_inits",
                  "real_batch", "eval_inits", "log_every", "width", "depth"):
       if getattr(self, name) < 1:

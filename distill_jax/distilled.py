@@ -44,6 +44,37 @@ def init(key: jax.Array, *, steps: int, epochs: int, num_classes: int,
   return {"x": x, "raw_lr": raw_lr}, labels
 
 
+def real_images(key: jax.Array, labels, x_train, y_train) -> jax.Array:
+  """Initial images drawn from the training set: one random image of the
+  right class for every (step, slot) of `labels` (no image used twice).
+
+  Args:
+    key: PRNG key.
+    labels: (S, n) integer classes of the distilled images.
+    x_train: (N, H, W, C) normalised training images.
+    y_train: (N,) their classes.
+
+  Returns:
+    (S, n, H, W, C) float32 images.
+  """
+  labels = np.asarray(labels)
+  y_train = np.asarray(y_train)
+  flat = labels.reshape(-1)
+  out = np.empty(flat.shape, np.int64)
+  for c in np.unique(flat):
+    pool = np.flatnonzero(y_train == c)
+    slots = np.flatnonzero(flat == c)
+    if len(pool) < len(slots):
+      raise ValueError(
+          f"image_init=real needs {len(slots)} training images of class {c} "
+          f"but the training split has {len(pool)}; use image_init=noise.")
+    key, sub = jax.random.split(key)
+    out[slots] = pool[np.asarray(jax.random.permutation(sub, len(pool)))[
+        :len(slots)]]
+  x = np.asarray(x_train)[out]
+  return jnp.asarray(x.reshape(*labels.shape, *x.shape[1:]), jnp.float32)
+
+
 def lrs(learned) -> jax.Array:
   """Effective per-step learning rates (positive)."""
   return jax.nn.softplus(learned["raw_lr"])

@@ -77,8 +77,10 @@ def _check_resume_config(path: str, cfg: config_lib.DistillConfig) -> None:
   with open(path) as f:
     old = json.load(f)
   new = dataclasses.asdict(cfg)
+  # A field missing from an older config.json had its current default.
+  defaults = dataclasses.asdict(config_lib.DistillConfig())
   diff = sorted(k for k in new if k not in _RUN_CONTROL and
-                json.dumps(old.get(k)) != json.dumps(new[k]))
+                json.dumps(old.get(k, defaults[k])) != json.dumps(new[k]))
   if diff:
     raise ValueError(
         f"--resume with a different configuration: {diff} differ from "
@@ -141,6 +143,9 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
       k_distilled, steps=cfg.steps, epochs=cfg.epochs,
       num_classes=ds.num_classes, per_class=cfg.images_per_class_per_step,
       image_shape=ds.image_shape, lr_init=cfg.lr_init)
+  if cfg.image_init == "real":
+    learned["x"] = distilled.real_images(k_distilled, labels, ds.x_train,
+                                         ds.y_train)
   n_train = len(ds.y_train)
   steps_per_epoch = max(1, n_train // cfg.real_batch)
   total = cfg.outer_steps or max(1, round(cfg.outer_epochs * steps_per_epoch))

@@ -23,7 +23,8 @@ FLAGS = flags.FLAGS
 _CHOICES = {"arch": config_lib.ARCHS, "init": config_lib.INITS,
             "init_mode": config_lib.INIT_MODES, "norm": config_lib.NORMS,
             "pooling": config_lib.POOLINGS, "remat": config_lib.REMAT_POLICIES,
-            "objective": config_lib.OBJECTIVES}
+            "objective": config_lib.OBJECTIVES,
+            "image_init": config_lib.IMAGE_INITS}
 
 
 def define_flags(presets: dict, default_preset: str = "default",

@@ -5,8 +5,10 @@ import json
 import os
 
 from absl.testing import absltest
+import jax
 import numpy as np
 
+from distill_jax import distilled
 from distill_jax import storage
 from distill_jax import train
 from tests import test_utils
@@ -77,6 +79,25 @@ class RunTest(absltest.TestCase):
     self.assertEqual(report["test_acc"]["n"], 1)
     d = storage.load_distilled(os.path.join(wd, "distilled.npz"))
     self.assertIn("Dense_0", d.init_params)
+
+  def test_real_image_init_starts_from_training_images(self):
+    wd = self.create_tempdir().full_path
+    cfg = dataclasses.replace(self.cfg, image_init="real", outer_steps=1,
+                              outer_lr=1e-12, select_on_val=False)
+    train.run(cfg, wd, dataset=self.ds, show_progress=False)
+    d = storage.load_distilled(os.path.join(wd, "distilled.npz"))
+    x_train = np.asarray(self.ds.x_train).reshape(len(self.ds.y_train), -1)
+    for s in range(d.x.shape[0]):
+      for j in range(d.x.shape[1]):
+        dist = np.abs(x_train - d.x[s, j].reshape(1, -1)).max(axis=1)
+        i = int(dist.argmin())
+        self.assertLess(dist[i], 1e-6)  # still (almost) a training image
+        self.assertEqual(int(self.ds.y_train[i]), int(d.labels[s, j]))
+
+  def test_real_image_init_needs_enough_images(self):
+    with self.assertRaisesRegex(ValueError, "image_init=noise"):
+      distilled.real_images(jax.random.key(0), np.zeros((3, 1), np.int32),
+                            np.zeros((2, 4, 4, 1)), np.zeros((2,), np.int32))
 
   def test_batch_indices_cover_each_epoch(self):
     idx = np.concatenate([train.batch_indices(0, s, 60, 16) for s in range(3)])
