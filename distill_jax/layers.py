@@ -19,14 +19,17 @@ Implementations (``impl=``):
   taps-major, shape (KH*KW*C_in, N*H'*W'), from the input transposed to
   (C_in, N, H, W). The slices then copy contiguous rows instead of C_in-wide
   fragments, which is several times faster on XLA:CPU (and a free transpose
-  for C_in == 1). Default on CPU.
+  for C_in == 1). Default on CPU for C_in < 32.
 * ``"shift"``: sum over the KxK taps of ``slice * w[i, j]`` computed as a
   small per-tap contraction; only sensible for very few input channels.
 * ``"reshape"`` (pooling): non-overlapping windows as a reshape + ``max`` /
   ``mean``; its gradient is an elementwise select instead of
   ``select_and_scatter``.
 * ``"auto"``: the fastest measured choice for ``jax.default_backend()``
-  (see ``docs/perf_notes.md``).
+  (see ``docs/perf_notes.md``): "xla" on GPU/TPU; on CPU "im2col_t" for
+  narrow inputs (C_in < 32: LeNet, first layers) and "im2col" for wide ones
+  (C_in >= 32, where the channel-contiguous patches win: the RaT-BPTT
+  ConvNet-3 w128 outer step is 11% faster, docs/rat_bptt_perf.md).
 """
 
 from __future__ import annotations
@@ -121,6 +124,16 @@ def _conv_shift(x, w, pads):
   return out
 
 
+WIDE_INPUT = 32  # C_in from which "auto" uses "im2col" on CPU.
+
+
+def auto_conv_impl(c_in: int) -> str:
+  """The implementation `conv2d(impl="auto")` uses for `c_in` input channels."""
+  if not _on_cpu():
+    return "xla"
+  return "im2col" if c_in >= WIDE_INPUT else "im2col_t"
+
+
 def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
            padding: Padding = 0, impl: str = "auto") -> jax.Array:
   """2-D convolution, stride 1.
@@ -139,7 +152,7 @@ def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
   kh, kw = w.shape[0], w.shape[1]
   pads = _pad_pairs(padding, kh, kw)
   if impl == "auto":
-    impl = "im2col_t" if _on_cpu() else "xla"
+    impl = auto_conv_impl(w.shape[2])
   if impl == "xla":
     y = _conv_xla(x, w, pads)
   elif impl == "im2col":

@@ -38,6 +38,15 @@ class Conv2dTest(unittest.TestCase):
         w = _rand(1, (k, k, ci, 4), 0.3)
         self._check(x, w, _rand(2, (4,)), padding, impl)
 
+  def test_auto_picks_by_input_width(self):
+    if jax.default_backend() != "cpu":
+      self.skipTest("the width rule is the CPU one")
+    self.assertEqual(layers.auto_conv_impl(1), "im2col_t")
+    self.assertEqual(layers.auto_conv_impl(layers.WIDE_INPUT), "im2col")
+    x = _rand(0, (2, 5, 5, layers.WIDE_INPUT))
+    w = _rand(1, (3, 3, layers.WIDE_INPUT, 4), 0.1)
+    self._check(x, w, None, 1, "auto")  # the wide path, against XLA
+
   def test_non_square_kernel_no_bias(self):
     for impl in FAST_CONV:
       x = _rand(0, (2, 6, 7, 2))
