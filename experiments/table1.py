@@ -66,6 +66,8 @@ PAPER = {
 }
 ROW_NAMES = {
     "dd_fixed": "DD (ours), fixed init", "dd_random": "DD (ours), random init",
+    "dd_random_real_init": "DD (ours), random init, images initialised "
+                           "from real",
     "random_real": "random real", "optimized_real": "optimized real",
     "kmeans": "k-means", "average_real": "average real",
     "knn_random_real": "k-NN on random real", "knn_kmeans": "k-NN on k-means",
@@ -77,6 +79,10 @@ class Table1Config:
   """Flags of the Table 1 evaluation."""
   fixed_dir: str = ""
   random_dir: str = ""
+  # More random-init runs (comma-separated workdirs), each one more row,
+  # e.g. a variant run with --image_init=real. The baselines' "learned" lrs
+  # stay those of --random_dir.
+  extra_random_dirs: str = ""
   lr_grid: str = "learned,0.001,0.003,0.01,0.03,0.1,0.3"
   epoch_grid: tuple[int, ...] = (1, 3, 5)
   eval_inits: int = 200
@@ -122,6 +128,25 @@ def preset(name: str = "default") -> Table1Config:
 
 
 PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+
+
+# The fields of the random-init run's config the baselines depend on (data
+# split, network, number of steps and images), as the cache key.
+_BASELINE_FIELDS = ("dataset", "val_size", "train_limit", "image_size", "seed",
+                    "arch", "init", "width", "depth", "norm", "pooling",
+                    "mlp_hidden", "steps", "epochs",
+                    "images_per_class_per_step")
+
+
+def baseline_inputs(cfg: config_lib.DistillConfig) -> dict:
+  return {k: _jsonable(getattr(cfg, k)) for k in _BASELINE_FIELDS}
+
+
+def extra_row_key(cfg: config_lib.DistillConfig, workdir: str) -> str:
+  """Row key of an extra random-init run: its image init, else its dir."""
+  if cfg.image_init != "noise":
+    return f"dd_random_{cfg.image_init}_init"
+  return "dd_random_" + os.path.basename(os.path.normpath(workdir))
 
 
 def load_run(workdir: str):
@@ -206,6 +231,19 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
       "test_acc": evaluate.summary(_replay_dd(rand, model, test_params0, ds,
                                               cfg.eval_batch)),
       "report_test_acc": rand_report.get("test_acc")}
+  for extra_dir in filter(None, (d.strip() for d in
+                               cfg.extra_random_dirs.split(","))):
+    extra, extra_cfg, extra_report = load_run(extra_dir)
+    if extra.x.shape != rand.x.shape or extra_cfg.dataset != rand_cfg.dataset:
+      raise ValueError(
+          f"{extra_dir} holds {extra_cfg.dataset} {extra.x.shape}, not "
+          f"{rand_cfg.dataset} {rand.x.shape} like --random_dir.")
+    key = extra_row_key(extra_cfg, extra_dir)
+    rows[key] = {
+        "test_acc": evaluate.summary(_replay_dd(extra, model, test_params0,
+                                                ds, cfg.eval_batch)),
+        "report_test_acc": extra_report.get("test_acc"),
+        "workdir": extra_dir}
   log(f"DD fixed {rows['dd_fixed']['test_acc']['mean']:.2f}, DD random "
       f"{rows['dd_random']['test_acc']['mean']:.2f}")
   per_class = rand_cfg.images_per_class_per_step
@@ -214,8 +252,9 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
   # so re-running with another --fixed_dir only re-evaluates the DD rows.
   cache_path = os.path.join(workdir, "baselines_cache.json")
   cache_key = {"config": _jsonable(dataclasses.asdict(
-                   dataclasses.replace(cfg, fixed_dir=""))),
-               "data": rand_cfg.to_json(),
+                   dataclasses.replace(cfg, fixed_dir="",
+                                       extra_random_dirs=""))),
+               "data": baseline_inputs(rand_cfg),
                "learned_lrs": [round(float(v), 7) for v in
                                np.asarray(rand.lrs).ravel()]}
   cached = None

@@ -26,10 +26,10 @@ def fake_data(tmp_path_factory):
   return test_utils.write_fake_datasets(str(root))
 
 
-def _fake_dd_run(workdir, init_mode):
+def _fake_dd_run(workdir, init_mode, image_init="noise"):
   """A distilled.npz + report.json as dd_mnist_* --preset=smoke writes."""
   cfg = dataclasses.replace(dd_mnist_random.preset("smoke"),
-                            init_mode=init_mode)
+                            init_mode=init_mode, image_init=image_init)
   key = jax.random.key(0)
   learned, labels = distilled.init(key, steps=cfg.steps, epochs=cfg.epochs,
                                    num_classes=10, per_class=1,
@@ -65,12 +65,17 @@ def test_table1_smoke(fake_data, tmp_path):
   assert (tmp_path / "wd" / "table1.md").exists()
   # Another fixed-init run: the baselines come from the workdir's cache and
   # the table is the same apart from the DD rows.
+  # An extra random-init run (another image init) adds its own row.
   fixed2 = _fake_dd_run(tmp_path / "fixed2", "fixed")
+  extra = _fake_dd_run(tmp_path / "real", "random", image_init="real")
   proc = _run("table1", ["--preset=smoke", f"--fixed_dir={fixed2}",
-                         f"--random_dir={rand}"], fake_data, tmp_path)
+                         f"--random_dir={rand}",
+                         f"--extra_random_dirs={extra}"], fake_data, tmp_path)
   assert "baselines: reusing" in proc.stdout
+  assert "images initialised from real" in proc.stdout
   out2 = json.loads((tmp_path / "wd" / "table1.json").read_text())
   assert out2["rows"]["kmeans"] == out["rows"]["kmeans"]
+  assert out2["rows"]["dd_random_real_init"]["test_acc"]["n"] == 2
 
 
 def test_table1_bad_flags(fake_data, tmp_path):
