@@ -22,8 +22,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(spec: dict) -> dict:
-  """Runs one configuration in this process and returns its figures."""
+def _build(spec: dict):
+  """Compiles the outer step of `spec`; returns (run_once, info)."""
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -54,36 +54,75 @@ def measure(spec: dict) -> dict:
   x = jnp.asarray(rng.normal(size=(4096, *shape)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, classes, 4096).astype(np.int32))
   key = jax.random.key(1)
-  state = outer.init_state(learned, tx)
-  idx = jnp.asarray(rng.permutation(4096)[:cfg.real_batch].astype(np.int32))
+  holder = {"state": outer.init_state(learned, tx)}
+
+  def new_idx():
+    return jnp.asarray(rng.permutation(4096)[:cfg.real_batch].astype(np.int32))
 
   t = time.perf_counter()
-  compiled = step.lower(state, labels, x, y, idx, key, {}).compile()
+  compiled = step.lower(holder["state"], labels, x, y, new_idx(), key,
+                        {}).compile()
   compile_s = time.perf_counter() - t
-  flops = count_flops(cfg, model, learned, labels, x, y)
+
+  def run_once() -> float:
+    """One outer step on a fresh real batch; returns its seconds."""
+    idx = new_idx()
+    t = time.perf_counter()
+    holder["state"], holder["metrics"] = step(holder["state"], labels, x, y,
+                                              idx, key, {})
+    jax.block_until_ready(holder["state"])
+    return time.perf_counter() - t
+
+  info = {"cfg": cfg, "model": model, "learned": learned, "labels": labels,
+          "x": x, "y": y, "compiled": compiled, "compile_s": compile_s,
+          "holder": holder}
+  return run_once, info
+
+
+def measure(spec: dict) -> dict:
+  """Runs one configuration in this process and returns its figures."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if "compare_inits" in spec:
+    return measure_ratio(spec)
+  run_once, info = _build(spec)
+  cfg, compiled = info["cfg"], info["compiled"]
+  flops = count_flops(cfg, info["model"], info["learned"], info["labels"],
+                      info["x"], info["y"])
   mem = compiled.memory_analysis()
   temp_bytes = int(getattr(mem, "temp_size_in_bytes", -1)) if mem else -1
-
-  state, m = step(state, labels, x, y, idx, key, {})  # warm-up
-  jax.block_until_ready(state)
-  times = []
-  for i in range(spec["runs"]):
-    idx = jnp.asarray(rng.permutation(4096)[:cfg.real_batch].astype(np.int32))
-    t = time.perf_counter()
-    state, m = step(state, labels, x, y, idx, key, {})
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - t)
+  run_once()  # warm-up
+  times = [run_once() for _ in range(spec["runs"])]
   med = statistics.median(times)
   return {**spec, "inner_steps": cfg.inner_steps,
           "median_s": round(med, 4), "min_s": round(min(times), 4),
-          "compile_s": round(compile_s, 2),
+          "compile_s": round(info["compile_s"], 2),
           "gflop_per_step": round(flops / 1e9, 3),
           "gflops_per_s": round(flops / 1e9 / med, 1),
           "xla_temp_mib": round(temp_bytes / 2**20, 1),
           "peak_rss_mib": round(
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-          "loss": float(m["loss"]), "backend": jax.default_backend(),
+          "loss": float(info["holder"]["metrics"]["loss"]), "backend": jax.default_backend(),
           "jax": jax.__version__}
+
+
+def measure_ratio(spec: dict) -> dict:
+  """Seconds per step of J = a and J = b inits, timed alternately in ONE
+  process, so both see the same machine load; reports the median of the
+  per-round ratios (robust to this machine's slow drifts in speed)."""
+  a, b = spec["compare_inits"]
+  run_a, _ = _build({**spec, "num_inits": a})
+  run_b, _ = _build({**spec, "num_inits": b})
+  run_a(), run_b()  # warm-up
+  ta, tb = [], []
+  for _ in range(spec["runs"]):
+    ta.append(run_a())
+    tb.append(run_b())
+  ratios = [y / x for x, y in zip(ta, tb)]
+  return {**spec, f"median_s_{a}": round(statistics.median(ta), 4),
+          f"median_s_{b}": round(statistics.median(tb), 4),
+          "ratio_median": round(statistics.median(ratios), 2),
+          "ratio_min": round(min(ratios), 2),
+          "ratio_max": round(max(ratios), 2)}
 
 
 def _xla_flops(fn, *args) -> float:
@@ -134,6 +173,8 @@ def configs(runs: int, quick: bool) -> list[dict]:
   out = []
   for j in ((1, 4) if quick else (1, 4, 16)):
     out.append({**base, "name": f"inits_{j}", "num_inits": j})
+  if not quick:
+    out.append({**base, "name": "ratio_16_over_1", "compare_inits": (1, 16)})
   for epochs in ((3, 10) if quick else (3, 10, 30)):
     for remat in ("none", "full"):
       out.append({**base, "name": f"unroll_{10 * epochs}_{remat}",
@@ -143,6 +184,9 @@ def configs(runs: int, quick: bool) -> list[dict]:
 
 def summarize(by: dict) -> dict:
   summary = {}
+  if "ratio_16_over_1" in by:
+    summary["inits_16_over_1_interleaved"] = by["ratio_16_over_1"][
+        "ratio_median"]
   if "inits_1" in by and "inits_16" in by:
     summary["inits_16_over_1"] = round(
         by["inits_16"]["median_s"] / by["inits_1"]["median_s"], 2)

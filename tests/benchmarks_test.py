@@ -41,6 +41,18 @@ class BenchmarkDriverTest(absltest.TestCase):
     self.assertGreater(r["median_s"], 0)
     self.assertGreater(r["gflop_per_step"], 0)
 
+  def test_interleaved_ratio(self):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import meta_step  # pylint: disable=g-import-not-at-top
+    r = meta_step.measure({"name": "r", "steps": 2, "epochs": 1,
+                           "num_inits": 1, "remat": "full", "real_batch": 64,
+                           "runs": 3, "compare_inits": (1, 2)})
+    self.assertGreater(r["median_s_1"], 0)
+    self.assertGreater(r["median_s_2"], 0)
+    self.assertBetween(r["ratio_median"], r["ratio_min"], r["ratio_max"])
+    self.assertIn("ratio_16_over_1",
+                  [c["name"] for c in meta_step.configs(1, quick=False)])
+
 
 if __name__ == "__main__":
   absltest.main()
