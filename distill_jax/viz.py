@@ -74,5 +74,7 @@ def line_plot(path: str, series: dict, xlabel: str, ylabel: str,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  tmp = path + ".tmp.png"  # written whole, then renamed (atomic)
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
   plt.close(fig)
+  os.replace(tmp, path)

@@ -130,6 +130,7 @@ def test_linear_regression_smoke(tmp_path):
   proc = _run("linear_regression", ["--preset=smoke"], "", tmp_path)
   out = json.loads((tmp_path / "wd" / "linear_regression.json").read_text())
   assert out["claim_holds"], proc.stdout
+  assert (tmp_path / "wd" / "linear_regression.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("module,args,message", [
