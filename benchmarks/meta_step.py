@@ -20,6 +20,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sweep import xla_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _build(spec: dict):
@@ -125,14 +127,6 @@ def measure_ratio(spec: dict) -> dict:
           "ratio_max": round(max(ratios), 2)}
 
 
-def _xla_flops(fn, *args) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-  if isinstance(cost, list):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
 def count_flops(cfg, model, learned, labels, x, y) -> float:
   """Executed FLOPs of one outer step, composed from scan-free pieces.
 
@@ -147,19 +141,19 @@ def count_flops(cfg, model, learned, labels, x, y) -> float:
 
   params = model.init(jax.random.key(0))
   rx, ry = x[:cfg.real_batch], y[:cfg.real_batch]
-  real_grad = _xla_flops(
+  real_grad = xla_flops(
       jax.grad(lambda p: inner.loss(model.apply, p, rx, ry)), params)
-  real_fwd = _xla_flops(lambda p: inner.loss(model.apply, p, rx, ry), params)
+  real_fwd = xla_flops(lambda p: inner.loss(model.apply, p, rx, ry), params)
   sx, sy = learned["x"][0], labels[0]
 
   def step(p, xx, lr):
     return inner.step(model.apply, p, xx, sy, lr)
-  fwd = _xla_flops(step, params, sx, 0.01)
+  fwd = xla_flops(step, params, sx, 0.01)
 
   def step_vjp(p, xx, lr):
     out, vjp = jax.vjp(step, p, xx, lr)
     return vjp(out)
-  vjp = _xla_flops(step_vjp, params, sx, 0.01)
+  vjp = xla_flops(step_vjp, params, sx, 0.01)
   if cfg.remat == "none":
     vjp -= fwd
   per_init = (real_grad + (real_fwd if cfg.real_chunk else 0.0) +

@@ -29,6 +29,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sweep import xla_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def measure(spec: dict) -> dict:
@@ -87,14 +89,6 @@ def measure(spec: dict) -> dict:
           "jax": jax.__version__}
 
 
-def _xla_flops(fn, *args) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-  if isinstance(cost, list):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
 def count_flops(cfg, model, learned, fixed, x, y, mean_start: float) -> float:
   """Executed FLOPs of one outer step, composed from loop-free pieces.
 
@@ -111,9 +105,9 @@ def count_flops(cfg, model, learned, fixed, x, y, mean_start: float) -> float:
 
   params = model.init(jax.random.key(0))
   rx, ry = x[:cfg.real_batch], y[:cfg.real_batch]
-  real_grad = _xla_flops(
+  real_grad = xla_flops(
       jax.grad(lambda p: inner.loss(model.apply, p, rx, ry)), params)
-  real_fwd = _xla_flops(lambda p: inner.loss(model.apply, p, rx, ry), params)
+  real_fwd = xla_flops(lambda p: inner.loss(model.apply, p, rx, ry), params)
   opt = rat_bptt.build_opt(cfg)
   state = rat_bptt.InnerState(params, opt.tx.init(params))
   step = functools.partial(rat_bptt.inner_step, cfg=cfg, apply_fn=model.apply,
@@ -127,8 +121,8 @@ def count_flops(cfg, model, learned, fixed, x, y, mean_start: float) -> float:
   def fwd_vjp(s, lrn):
     out, vjp = jax.vjp(fwd, s, lrn)
     return vjp(out)
-  f = _xla_flops(fwd, state, learned)
-  v = _xla_flops(fwd_vjp, state, learned)
+  f = xla_flops(fwd, state, learned)
+  v = xla_flops(fwd_vjp, state, learned)
   if cfg.remat == "none":
     v -= f
   per_init = (real_grad + (real_fwd if cfg.real_chunk else 0.0) +

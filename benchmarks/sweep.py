@@ -55,3 +55,12 @@ def main(script: str, doc: str, default_out: str, default_runs: int,
     json.dump(out, f, indent=1)
   os.replace(args.out + ".tmp", args.out)
   print(json.dumps(out["summary"]))
+
+
+def xla_flops(fn, *args) -> float:
+  """XLA's FLOP count of `jax.jit(fn)(*args)` (a loop body counts once)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")

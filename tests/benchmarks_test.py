@@ -53,6 +53,22 @@ class BenchmarkDriverTest(absltest.TestCase):
     self.assertIn("ratio_16_over_1",
                   [c["name"] for c in meta_step.configs(1, quick=False)])
 
+  def test_rat_flops_count_every_window_step(self):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import rat_bptt_step  # pylint: disable=g-import-not-at-top
+    base = {**rat_bptt_step.FASHION, "width": 8, "real_batch": 16,
+            "runs": 1, "truncation": "full"}
+    flops = []
+    for n in (2, 4):
+      r = rat_bptt_step.measure({**base, "name": f"w{n}", "total_steps": n,
+                                 "window": n})
+      self.assertGreater(r["median_s"], 0)
+      flops.append(r["gflop_per_step"])
+    # Two more window steps cost more than zero and less than the first two
+    # plus the real-batch part: the count scales with the window.
+    self.assertGreater(flops[1], flops[0])
+    self.assertLess(flops[1], 2 * flops[0])
+
 
 if __name__ == "__main__":
   absltest.main()
