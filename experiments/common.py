@@ -41,11 +41,14 @@ def define_flags(presets: dict, default_preset: str = "default",
   flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint.")
   flags.DEFINE_bool("progress", True, "Show a progress line on stderr.")
   hints = typing.get_type_hints(cfg_cls)
+  # Enum flags for DistillConfig's choice fields; other config classes (e.g.
+  # RatConfig, whose `image_init` has other values) validate their own.
+  choices = _CHOICES if issubclass(cfg_cls, config_lib.DistillConfig) else {}
   for f in dataclasses.fields(cfg_cls):
     default, help_ = getattr(base, f.name), f"DistillConfig.{f.name}"
     kind = hints[f.name]
-    if f.name in _CHOICES:
-      flags.DEFINE_enum(f.name, default, list(_CHOICES[f.name]), help_)
+    if f.name in choices:
+      flags.DEFINE_enum(f.name, default, list(choices[f.name]), help_)
     elif kind is bool:
       flags.DEFINE_bool(f.name, default, help_)
     elif kind is int:
