@@ -35,6 +35,7 @@ class DistillConfig:
   val_size: int = 5000
   train_limit: int = 0  # 0 = the whole training split.
   image_size: int = 0  # 0 = native; otherwise resize (e.g. USPS -> 28).
+  channels: int = 0  # 0 = native; 3 replicates grayscale (MNIST -> SVHN nets).
 
   # Model.
   arch: str = "lenet"
@@ -128,6 +129,8 @@ class DistillConfig:
       raise ValueError(f"real_chunk={self.real_chunk} must be >= 0.")
     if self.val_size < 0:
       raise ValueError(f"val_size={self.val_size} must be >= 0.")
+    if self.channels not in (0, 1, 3):
+      raise ValueError(f"channels={self.channels} must be 0 (native), 1 or 3.")
     return self
 
   def to_json(self) -> str:

@@ -400,7 +400,7 @@ def _train_stats(raw: _Raw) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
          seed: int = 0, image_size=None, train_limit: int | None = None,
-         download: bool = True) -> Dataset:
+         download: bool = True, channels: int | None = None) -> Dataset:
   """Loads a dataset as normalised float32 NHWC arrays.
 
   Args:
@@ -418,6 +418,9 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
     train_limit: if set, keep a class-stratified random subset of this many
       train examples (after holding out validation), in original order.
     download: whether the online TFDS route may be tried.
+    channels: if 3 and the images are grayscale, replicate them to RGB (and
+      the normalisation statistics with them), e.g. MNIST for SVHN-trained
+      networks; None or the native count keeps the images as they are.
 
   Returns:
     A `Dataset`.
@@ -433,6 +436,14 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
   raw = _load_raw(name, manual_dir, data_dir, download)
   spec = _SPECS[name]
   mean, std = spec.stats if spec.stats else _train_stats(raw)
+  native = raw.x_train.shape[-1]
+  if channels and channels != native:
+    if not (native == 1 and channels == 3):
+      raise ValueError(
+          f"channels={channels}: {name} has {native}-channel images; only "
+          "grayscale -> 3 channels (replication) is supported. Use "
+          f"channels={native} or leave it unset.")
+    mean, std = tuple(mean) * 3, tuple(std) * 3
 
   x_train, y_train, x_val, y_val = split_validation(
       raw.x_train, raw.y_train, val_size, seed)
@@ -445,6 +456,8 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
     x = x.astype(np.float32) / 255.0
     if image_size is not None:
       x = resize(x, image_size)
+    if channels and channels != x.shape[-1]:
+      x = np.repeat(x, channels, axis=-1)
     return normalize(x, mean, std)
 
   return Dataset(

@@ -33,6 +33,7 @@ class PretrainConfig:
   arch: str = "lenet"
   init: str = "xavier"
   image_size: int = 0
+  channels: int = 0  # 0 = native; 3 replicates grayscale images.
   num_nets: int = 10
   epochs: float = 1.0
   batch_size: int = 128
@@ -111,7 +112,7 @@ def run(cfg: PretrainConfig, workdir: str, *, dataset=None, data_dir=None,
   cfg.validate()
   ds = dataset if dataset is not None else data.load(
       cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size, seed=cfg.seed,
-      image_size=cfg.image_size or None)
+      image_size=cfg.image_size or None, channels=cfg.channels or None)
   t = time.time()
   pool, acc = train_pool(cfg, ds, show_progress=show_progress)
   path = os.path.join(workdir, "pool.npz")

@@ -50,7 +50,8 @@ _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
 def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None):
   return data.load(cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size,
                    seed=cfg.seed, image_size=cfg.image_size or None,
-                   train_limit=cfg.train_limit or None)
+                   train_limit=cfg.train_limit or None,
+                   channels=getattr(cfg, "channels", 0) or None)
 
 
 def init_source(cfg: config_lib.DistillConfig, model: models.Model,

@@ -19,10 +19,12 @@ Commands (2-core CPU; data from ../shared/datasets):
       --data_dir=../shared/datasets --source=mnist --target=usps \
       --pretrain_epochs=1 --val_size=729
 
-SVHN -> MNIST is online-only: SVHN has no local copy (TFDS `svhn_cropped`
-needs network and TensorFlow to prepare) and is 32x32 RGB, so MNIST would
-also have to be resized to 32 px and replicated to 3 channels, which
-`data.load` does not do; this command therefore stops with an explanation.
+SVHN -> MNIST needs the network (TFDS `svhn_cropped`; no local copy) and
+matching shapes: SVHN is 32x32 RGB, so MNIST is resized to 32 px and its
+gray channel replicated to three (`--image_size=32 --channels=3`):
+
+  python -m experiments.adaptation --workdir=/tmp/adapt_s2m \
+      --source=svhn_cropped --target=mnist --image_size=32 --channels=3
 
 Expected runtime per direction: ~60-75 CPU minutes (pretraining 30 LeNets,
 ~5-10 min; two DD runs of --dd_time_budget_s=900 each; baselines ~10 min;
@@ -77,6 +79,7 @@ class AdaptConfig:
   source: str = "usps"
   target: str = "mnist"
   image_size: int = 28
+  channels: int = 0  # 0 = native; 3 replicates grayscale (for SVHN).
   arch: str = "lenet"
   pool: str = ""  # existing source pool.npz; empty = pretrain one here.
   pool_size: int = 30
@@ -107,11 +110,12 @@ class AdaptConfig:
       raise ValueError("source and target must differ.")
     if self.arch not in config_lib.ARCHS:
       raise ValueError(f"arch={self.arch!r}; choose from {config_lib.ARCHS}.")
-    if "svhn_cropped" in (self.source, self.target):
+    if ("svhn_cropped" in (self.source, self.target) and
+        (self.image_size != 32 or self.channels != 3)):
       raise ValueError(
-          "SVHN -> MNIST is online-only and not supported here: SVHN has no "
-          "local copy, and its 32x32 RGB images would need MNIST converted "
-          "to 3 channels, which data.load does not do.")
+          "SVHN images are 32x32 RGB: pass --image_size=32 --channels=3 so "
+          "the other dataset is resized and replicated to match (SVHN comes "
+          "from TFDS online; it has no local copy).")
     for name in ("pool_size", "pool_heldout", "val_inits", "steps",
                  "epochs", "full_target_epochs", "full_target_batch"):
       if getattr(self, name) < 1:
@@ -150,17 +154,20 @@ def run(cfg: AdaptConfig, workdir: str, *, data_dir=None,
   log = print if show_progress else (lambda s: None)
   load = lambda name, val: data.load(  # pylint: disable=g-long-lambda
       name, manual_dir=data_dir, val_size=val, seed=cfg.seed,
-      image_size=cfg.image_size or None, train_limit=cfg.train_limit or None)
+      image_size=cfg.image_size or None, train_limit=cfg.train_limit or None,
+      channels=cfg.channels or None)
   src = load(cfg.source, 0)
   tgt = load(cfg.target, cfg.val_size)
   if src.image_shape != tgt.image_shape:
     raise ValueError(f"{cfg.source} images {src.image_shape} != {cfg.target}"
-                     f" images {tgt.image_shape}; set --image_size.")
+                     f" images {tgt.image_shape}; set --image_size (and "
+                     "--channels=3 for a grayscale/RGB pair).")
   pool_path = cfg.pool
   if not pool_path:
     pcfg = pretrain.PretrainConfig(
         dataset=cfg.source, arch=cfg.arch, image_size=cfg.image_size,
-        num_nets=cfg.pool_size, epochs=cfg.pretrain_epochs, seed=cfg.seed + 1,
+        channels=cfg.channels, num_nets=cfg.pool_size,
+        epochs=cfg.pretrain_epochs, seed=cfg.seed + 1,
         chunk=min(10, cfg.pool_size))
     pool_path = pretrain.run(pcfg, os.path.join(workdir, "pool"), dataset=src,
                              show_progress=show_progress)["pool"]
@@ -176,7 +183,8 @@ def run(cfg: AdaptConfig, workdir: str, *, data_dir=None,
   rows, dd = {}, {}
   for mode in ("random_pretrained", "fixed_pretrained"):
     dcfg = config_lib.DistillConfig(
-        dataset=cfg.target, image_size=cfg.image_size, arch=cfg.arch,
+        dataset=cfg.target, image_size=cfg.image_size,
+        channels=cfg.channels, arch=cfg.arch,
         init_mode=mode, pretrained_pool=pool_path,
         pool_heldout=cfg.pool_heldout, steps=cfg.steps, epochs=cfg.epochs,
         lr_init=cfg.lr_init, real_batch=cfg.real_batch,

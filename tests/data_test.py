@@ -207,6 +207,29 @@ def test_load_usps_resize_and_limit(tmp_path):
   np.testing.assert_array_equal(np.bincount(ds.y_train), np.full(10, 2))
 
 
+def test_load_replicates_gray_to_rgb(tmp_path):
+  _write_fake_usps(tmp_path / 'usps')
+  kwargs = dict(manual_dir=str(tmp_path), data_dir=str(tmp_path / 'tfds'))
+  gray = data.load('usps', image_size=32, **kwargs)
+  rgb = data.load('usps', image_size=32, channels=3, **kwargs)
+  assert rgb.x_train.shape == gray.x_train.shape[:3] + (3,)
+  assert len(rgb.mean) == 3 and rgb.mean[0] == gray.mean[0]
+  for c in range(3):
+    np.testing.assert_array_equal(rgb.x_test[..., c], gray.x_test[..., 0])
+  with pytest.raises(ValueError, match='only grayscale -> 3 channels'):
+    data.load('usps', channels=2, **kwargs)
+
+
+def test_svhn_to_mnist_shapes_with_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _write_fake_mnist(tmp_path / 'mnist')
+  with tfds.testing.mock_data(num_examples=12):
+    svhn = data.load('svhn_cropped', data_dir=str(tmp_path / 'tfds'))
+  mnist = data.load('mnist', manual_dir=str(tmp_path), image_size=32,
+                    channels=3, data_dir=str(tmp_path / 'tfds'))
+  assert svhn.image_shape == mnist.image_shape == (32, 32, 3)
+
+
 def test_load_is_cached(tmp_path, monkeypatch):
   _write_fake_mnist(tmp_path / 'mnist')
   kwargs = dict(manual_dir=str(tmp_path), data_dir=str(tmp_path / 'tfds'))

@@ -136,7 +136,7 @@ def test_linear_regression_smoke(tmp_path):
 @pytest.mark.parametrize("module,args,message", [
     ("poisoning", ["--poison_source=2", "--poison_target=2"], "must differ"),
     ("poisoning", ["--poison_target=12"], "not a class"),
-    ("adaptation", ["--source=svhn_cropped"], "online-only"),
+    ("adaptation", ["--source=svhn_cropped"], "--image_size=32 --channels=3"),
     ("adaptation", ["--pool_size=2", "--pool_heldout=2"], "val_inits"),
     ("sensitivity", ["--steps_list=0"], "positive integers"),
     ("cross_arch", [], "--distilled is required"),
@@ -149,3 +149,19 @@ def test_bad_flags(module, args, message, fake_data, tmp_path):
   assert proc.returncode != 0
   assert message in proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_adaptation_svhn_to_mnist_on_mock_data(fake_data, tmp_path,
+                                               monkeypatch):
+  """SVHN (TFDS, mocked: nothing downloads) -> MNIST resized to 32x32x3."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from experiments import adaptation  # pylint: disable=g-import-not-at-top
+  cfg = dataclasses.replace(adaptation.preset("smoke"), source="svhn_cropped",
+                            target="mnist", image_size=32, channels=3)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  with tfds.testing.mock_data(num_examples=240):
+    out = adaptation.run(cfg, str(tmp_path / "wd"), data_dir=fake_data,
+                         show_progress=False)
+  assert {"dd_random_pretrained", "no_adaptation"} <= set(out["rows"])
+  table = json.loads((tmp_path / "wd" / "table2.json").read_text())
+  assert table["direction"] == "svhn_cropped->mnist"
