@@ -111,7 +111,7 @@ class RatConfig:
   eval_nets: int = 8
   eval_every: int = 0  # outer steps between candidate checkpoints; 0: end.
   val_nets: int = 2
-  eval_batch: int = 2000
+  eval_batch: int = 200  # images per forward, x up to 10 nets: bounds memory
   # Run control.
   seed: int = 0
   log_every: int = 10
