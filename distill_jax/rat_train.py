@@ -84,11 +84,11 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
           "best_val": np.float32(-1), "best_step": np.int32(0)}
   mngr = checkpoint.manager(workdir)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  start = 0
+  start, elapsed = 0, 0.0
   if resume:
     restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
     start = int(restored or 0)
-    train.truncate_metrics(metrics_path, start)
+    elapsed = train.truncate_metrics(metrics_path, start)
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
   state = ckpt["state"]
@@ -97,7 +97,7 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   n_train = len(ds.y_train)
   total = cfg.outer_steps
   bar = progress_lib.Progress(total, start, enabled=show_progress)
-  t0, step = time.time(), start
+  t0, step = time.time() - elapsed, start  # wall time counts across resumes.
 
   def candidate(rec):
     res = rat_eval.evaluate_set(cfg, model, eval_train, k_val,

@@ -155,12 +155,12 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
   outer_step = outer.make_step(cfg, model.apply, model.init, tx)
 
   mngr = checkpoint.manager(workdir)
-  start = 0
+  start, elapsed = 0, 0.0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if resume:
     restored_step, state = checkpoint.restore_latest(mngr, state)
     start = int(restored_step or 0)
-    truncate_metrics(metrics_path, start)
+    elapsed = truncate_metrics(metrics_path, start)
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
 
@@ -174,7 +174,7 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
     os.remove(best_path)
   bar = progress_lib.Progress(total, start, enabled=show_progress,
                               time_budget_s=cfg.time_budget_s)
-  t0 = time.time()
+  t0 = time.time() - elapsed  # wall time counts across resumes.
   step = start
   with open(metrics_path, "a") as log:
     while step < total:
@@ -281,10 +281,16 @@ def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
   return report
 
 
-def truncate_metrics(path: str, step: int) -> None:
-  """Drops records after `step` from a metrics.jsonl (used on resume)."""
+def truncate_metrics(path: str, step: int) -> float:
+  """Drops records after `step` from a metrics.jsonl (used on resume).
+
+  Returns the `time_s` of the last record kept (0.0 if none), so a resumed
+  run's clock continues from the interrupted one (the time between its last
+  log line and its checkpoint is not counted).
+  """
   if not os.path.exists(path):
-    return
+    return 0.0
   with open(path) as f:
     lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
   storage.atomic_write(path, lambda f: f.writelines(lines), mode="w")
+  return float(json.loads(lines[-1]).get("time_s", 0.0)) if lines else 0.0

@@ -62,6 +62,22 @@ class ResumeTest(absltest.TestCase):
               "test_acc", "val_acc_by_budget"):
       self.assertEqual(want[k], got[k], k)
 
+  def test_clock_continues_across_resume(self):
+    wd = self.create_tempdir().full_path
+    self._run(_cfg(), wd, stop_at=4)
+    path = os.path.join(wd, "metrics.jsonl")
+    with open(path) as f:
+      recs = [json.loads(l) for l in f]
+    recs[-1]["time_s"] = 1000.0  # as if steps 1-4 had taken 1000 s.
+    with open(path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in recs)
+    got = self._run(_cfg(), wd, resume=True)
+    with open(path) as f:
+      times = [json.loads(l)["time_s"] for l in f]
+    self.assertLen(times, 6)
+    self.assertTrue(all(t > 1000.0 for t in times[4:]), times)
+    self.assertGreater(got["train_time_s"], 1000.0)
+
   def test_resume_with_other_config_is_refused(self):
     wd = self.create_tempdir().full_path
     self._run(_cfg(), wd, stop_at=2)

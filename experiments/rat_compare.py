@@ -1,0 +1,260 @@
+"""RaT-BPTT vs full-unroll and fixed-window BPTT vs real-data baselines.
+
+One table under ONE evaluation protocol (`rat_eval`: fresh networks trained
+with the inner optimiser, budget and checkpoint chosen on validation, test
+mean +- std over --eval_nets nets; every row uses the same fresh nets):
+
+  * rat_random: RaT-BPTT, N inner steps, random window of M (the preset);
+  * rat_end: truncated BPTT, the window fixed at the end (s = N - M), same
+    N, M and outer steps, so the same cost per outer step;
+  * full: full-unroll BPTT of --full_total_steps steps (default M, so the
+    same number of differentiable steps and memory as the window runs);
+  * random_real: --real_draws random sets of ipc real training images per
+    class (nets x draws pooled);
+  * kmeans: per-class k-means centroids (k = ipc) of the training images.
+
+Every distillation gets the same number of outer steps (--outer_steps; no
+time budget, so CPU contention does not change the result) and its report
+states the wall time it took. Sub-runs live in WORKDIR/<method>/ and are
+reused when their report.json exists and their config matches; --random_dir
+reuses an existing rat_bptt_fashion run of the same config as the RaT row.
+
+Command (2-core CPU, Fashion-MNIST IPC 1, about 70 min alone):
+
+  python -m experiments.rat_compare --workdir=/tmp/rat_compare \
+      --data_dir=../shared/datasets --preset=cpu_ipc1
+
+Outputs: rat_compare.md and rat_compare.json in --workdir.
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from distill_jax import baselines
+from distill_jax import evaluate
+from distill_jax import models
+from distill_jax import rat_bptt
+from distill_jax import rat_eval
+from distill_jax import rat_train
+from distill_jax import storage
+from experiments import common
+from experiments import rat_bptt_fashion as base
+
+METHODS = ("rat_random", "rat_end", "full", "random_real", "kmeans")
+DISTILLED = ("rat_random", "rat_end", "full")
+# Fields that do not change what a run computes (checked on reuse).
+_RUN_CONTROL = ("eval_batch", "log_every", "checkpoint_every",
+                "time_budget_s")
+
+
+def preset(name: str = "cpu_ipc1") -> rat_bptt.RatConfig:
+  if name == "cpu_ipc1":
+    return dataclasses.replace(base.cpu("fashion_mnist", 1), time_budget_s=0.0)
+  if name == "cpu_ipc10":
+    return dataclasses.replace(base.cpu("fashion_mnist", 10),
+                               time_budget_s=0.0)
+  if name == "smoke":
+    return base.smoke("fashion_mnist")
+  raise ValueError(f"Unknown preset {name!r}.")
+
+
+PRESETS = {n: (lambda n=n: preset(n)) for n in ("cpu_ipc1", "cpu_ipc10",
+                                                "smoke")}
+
+
+def method_config(cfg: rat_bptt.RatConfig, method: str,
+                  full_total_steps: int = 0) -> rat_bptt.RatConfig:
+  """The sub-run config of a distillation method."""
+  if method == "rat_random":
+    return dataclasses.replace(cfg, truncation="random")
+  if method == "rat_end":
+    return dataclasses.replace(cfg, truncation="end")
+  if method == "full":
+    n = full_total_steps or cfg.window
+    return dataclasses.replace(cfg, truncation="full", total_steps=n,
+                               window=n)
+  raise ValueError(f"{method!r} is not a distillation method; choose one of "
+                   f"{list(DISTILLED)}.")
+
+
+def _comparable(cfg_dict: dict) -> dict:
+  return {k: v for k, v in cfg_dict.items() if k not in _RUN_CONTROL}
+
+
+def reuse_report(path: str, cfg: rat_bptt.RatConfig) -> dict | None:
+  """The report.json of a finished run of `cfg` in `path`, else None.
+
+  Raises ValueError when `path` holds a finished run of another config.
+  """
+  report = os.path.join(path, "report.json")
+  if not os.path.exists(report):
+    return None
+  with open(os.path.join(path, "config.json")) as f:
+    have = _comparable(json.load(f))
+  want = _comparable(json.loads(cfg.to_json()))
+  diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+  if diff:
+    raise ValueError(
+        f"{path} holds a run with another config (fields {diff}: "
+        f"{[(have.get(k), want.get(k)) for k in diff]}); give another "
+        "--workdir or --random_dir, or delete that run.")
+  with open(report) as f:
+    return json.load(f)
+
+
+def distill_time(workdir: str, report: dict) -> float:
+  """Wall seconds of a run's distillation (its metrics.jsonl clock if the
+  report, written by a resumed process, counted less)."""
+  t = float(report.get("train_time_s", 0.0))
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      recs = [json.loads(l) for l in f if l.strip()]
+    if recs:
+      t = max(t, float(recs[-1].get("time_s", 0.0)))
+  return round(t, 1)
+
+
+def baseline_sets(method: str, prep: rat_bptt.Prepared, cfg, draws: int):
+  """Learned-dict stand-ins (x: (C, ipc, ...)) of a real-data baseline."""
+  ds = prep.ds
+  c = ds.num_classes
+  shape = (c, cfg.ipc, *ds.image_shape)
+  if method == "random_real":
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
+    return [baselines.random_real(jax.random.fold_in(key, d), prep.x_train,
+                                  ds.y_train, num_classes=c, steps=1,
+                                  per_class=cfg.ipc)[0].reshape(shape)
+            for d in range(draws)]
+  if method == "kmeans":
+    return [baselines.kmeans(prep.x_train, ds.y_train, num_classes=c, steps=1,
+                             per_class=cfg.ipc,
+                             seed=cfg.seed)[0].reshape(shape)]
+  raise ValueError(f"{method!r} is not a baseline; choose random_real or "
+                   "kmeans.")
+
+
+def evaluate_baseline(method: str, cfg, prep, draws: int) -> dict:
+  """Test accuracy of a baseline under the RaT-BPTT protocol."""
+  ds = prep.ds
+  model = models.build(cfg, ds.image_shape, ds.num_classes)
+  eval_train = rat_eval.make_eval_train(cfg, model)
+  k_eval = jax.random.split(jax.random.key(cfg.seed))[1]  # as rat_train.run
+  tests, vals, chosen = [], [], []
+  for x in baseline_sets(method, prep, cfg, draws):
+    learned = {"x": x}
+    sup = rat_bptt.support(
+        learned, rat_bptt.empty_fixed(ds.num_classes, ds.image_shape))
+    res = rat_eval.evaluate_set(cfg, model, eval_train, k_eval, sup, learned,
+                                cfg.eval_nets, (prep.x_val, ds.y_val),
+                                (prep.x_test, ds.y_test))
+    tests.append(res["test"])
+    vals.append(res["val"])
+    chosen.append(res["budget"])
+  return {"method": method, "test_acc": evaluate.summary(np.concatenate(tests)),
+          "selected_budget": chosen, "draws": len(tests),
+          "val_acc_by_budget": {
+              str(b): evaluate.summary(np.concatenate([v[i] for v in vals]))
+              for i, b in enumerate(cfg.eval_budgets)}}
+
+
+def run(cfg: rat_bptt.RatConfig, workdir: str, *, methods=METHODS,
+        full_total_steps: int = 0, random_dir: str = "", real_draws: int = 3,
+        data_dir=None, resume=False, show_progress=True) -> dict:
+  """Runs every method; returns the table (also written as JSON and MD)."""
+  bad = [m for m in methods if m not in METHODS]
+  if bad or not methods:
+    raise ValueError(f"--methods {bad or '(empty)'}: choose from "
+                     f"{list(METHODS)}.")
+  if real_draws < 1:
+    raise ValueError(f"--real_draws={real_draws} must be >= 1.")
+  if random_dir and not os.path.exists(os.path.join(random_dir,
+                                                    "report.json")):
+    raise ValueError(f"--random_dir={random_dir} has no report.json (not a "
+                     "finished rat_bptt run).")
+  cfg = cfg.validate()
+  os.makedirs(workdir, exist_ok=True)
+  prep = rat_bptt.prepare(cfg, None, data_dir)
+  rows = []
+  for m in methods:
+    if m in DISTILLED:
+      sub_cfg = method_config(cfg, m, full_total_steps).validate()
+      sub = random_dir if (m == "rat_random" and random_dir) else (
+          os.path.join(workdir, m))
+      rep = reuse_report(sub, sub_cfg)
+      if rep is None:
+        rep = rat_train.run(sub_cfg, sub, prep=prep, resume=resume,
+                            show_progress=show_progress)
+      if "interrupted_at" in rep:
+        raise RuntimeError(f"{m} was interrupted at outer step "
+                           f"{rep['interrupted_at']}; rerun with --resume.")
+      rows.append({"method": m, "truncation": sub_cfg.truncation,
+                   "total_steps": sub_cfg.total_steps,
+                   "window": sub_cfg.window_len,
+                   "outer_steps": rep["outer_steps"],
+                   "best_step": rep["best_step"],
+                   "train_time_s": distill_time(sub, rep),
+                   "selected_budget": rep["selected_budget"],
+                   "test_acc": rep["test_acc"], "workdir": sub})
+    else:
+      path = os.path.join(workdir, f"{m}.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          res = json.load(f)
+      else:
+        res = evaluate_baseline(m, cfg, prep, real_draws)
+        storage.write_json(path, res)
+      rows.append(res)
+  table = {"dataset": prep.ds.name, "ipc": cfg.ipc, "arch": cfg.arch,
+           "width": cfg.width, "eval_nets": cfg.eval_nets,
+           "eval_budgets": list(cfg.eval_budgets),
+           "eval_protocol": rat_eval.EVAL_PROTOCOL, "rows": rows}
+  storage.write_json(os.path.join(workdir, "rat_compare.json"), table)
+  names = {"rat_random": "RaT-BPTT (random window)",
+           "rat_end": "truncated BPTT (window at the end)",
+           "full": "full-unroll BPTT", "random_real": "random real",
+           "kmeans": "k-means centroids"}
+  lines = [f"# {prep.ds.name}, {cfg.ipc} image(s)/class: test % (mean ± std "
+           f"over nets), {cfg.arch} w{cfg.width}", "",
+           "| method | N / M | outer steps | distil time (s) | test % | "
+           "budget (val) |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    acc = r["test_acc"]
+    nm = (f"{r['total_steps']} / {r['window']}" if "window" in r else "–")
+    lines.append(
+        f"| {names[r['method']]} | {nm} | {r.get('outer_steps', '–')} | "
+        f"{r.get('train_time_s', '–')} | {acc['mean']:.2f} ± {acc['std']:.2f}"
+        f" (n={acc['n']}) | {r['selected_budget']} |")
+  storage.atomic_write(os.path.join(workdir, "rat_compare.md"),
+                       lambda f: f.write("\n".join(lines) + "\n"), mode="w")
+  print("\n".join(lines))
+  return {"test_acc": None, **table}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cfg = common.config_from_flags(PRESETS, cfg_cls=rat_bptt.RatConfig)
+  common.run_and_report(
+      run, cfg, common.FLAGS.workdir, methods=tuple(common.FLAGS.methods),
+      full_total_steps=common.FLAGS.full_total_steps,
+      random_dir=common.FLAGS.random_dir, real_draws=common.FLAGS.real_draws,
+      data_dir=common.FLAGS.data_dir, resume=common.FLAGS.resume,
+      show_progress=common.FLAGS.progress)
+
+
+if __name__ == "__main__":
+  base.define_flags(PRESETS, "cpu_ipc1")
+  flags.DEFINE_list("methods", list(METHODS), f"Subset of {list(METHODS)}.")
+  flags.DEFINE_integer("full_total_steps", 0,
+                       "N of the full-unroll row; 0 = the window M.")
+  flags.DEFINE_string("random_dir", "",
+                      "Reuse this finished RaT-BPTT run as the rat_random row.")
+  flags.DEFINE_integer("real_draws", 3, "Random-real sets evaluated.")
+  app.run(main)
