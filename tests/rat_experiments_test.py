@@ -54,6 +54,30 @@ def test_intercorrelation_smoke(fake_data, tmp_path):
   assert (wd / "intercorrelation.md").exists()
 
 
+def test_rat_compare_smoke(fake_data, tmp_path):
+  _run("rat_compare", ["--preset=smoke", "--real_draws=2"], fake_data,
+       tmp_path)
+  wd = tmp_path / "wd"
+  table = json.loads((wd / "rat_compare.json").read_text())
+  rows = {r["method"]: r for r in table["rows"]}
+  assert list(rows) == ["rat_random", "rat_end", "full", "random_real",
+                        "kmeans"]
+  assert (rows["full"]["total_steps"], rows["full"]["window"]) == (2, 2)
+  assert rows["rat_end"]["truncation"] == "end"
+  assert rows["random_real"]["test_acc"]["n"] == 2 * table["eval_nets"]
+  for r in rows.values():
+    assert 0.0 <= r["test_acc"]["mean"] <= 100.0
+  assert "| full-unroll BPTT | 2 / 2 |" in (wd / "rat_compare.md").read_text()
+  # A finished run of another config is refused as the RaT-BPTT row.
+  proc = _run("rat_compare", ["--preset=smoke", "--window=1",
+                              f"--random_dir={wd / 'rat_random'}",
+                              "--methods=rat_random"],
+              fake_data, tmp_path / "again", check=False)
+  assert proc.returncode != 0
+  assert "holds a run with another config (fields ['window']" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--truncation=cyclic"], "truncation='cyclic'"),
     (["--window=50"], "window=50 must be in"),
