@@ -81,8 +81,9 @@ def preset(name: str = "cpu_ipc1") -> rat_bptt.RatConfig:
   raise ValueError(f"Unknown preset {name!r}.")
 
 
-def make_main(presets: dict, run_fn):
-  """An absl main running `run_fn(cfg, workdir, ...)` on the flag config."""
+def make_main(presets: dict, run_fn, extra_kwargs=dict):
+  """An absl main running `run_fn(cfg, workdir, ...)` on the flag config;
+  `extra_kwargs()` (called after flag parsing) adds experiment flags."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -90,7 +91,8 @@ def make_main(presets: dict, run_fn):
     common.run_and_report(run_fn, cfg, common.FLAGS.workdir,
                           data_dir=common.FLAGS.data_dir,
                           resume=common.FLAGS.resume,
-                          show_progress=common.FLAGS.progress)
+                          show_progress=common.FLAGS.progress,
+                          **extra_kwargs())
   return main
 
 

@@ -43,7 +43,6 @@ from distill_jax import rat_bptt
 from distill_jax import rat_eval
 from distill_jax import rat_train
 from distill_jax import storage
-from experiments import common
 from experiments import rat_bptt_fashion as base
 
 METHODS = ("rat_random", "rat_end", "full", "random_real", "kmeans")
@@ -237,16 +236,10 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, methods=METHODS,
   return {"test_acc": None, **table}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, cfg_cls=rat_bptt.RatConfig)
-  common.run_and_report(
-      run, cfg, common.FLAGS.workdir, methods=tuple(common.FLAGS.methods),
-      full_total_steps=common.FLAGS.full_total_steps,
-      random_dir=common.FLAGS.random_dir, real_draws=common.FLAGS.real_draws,
-      data_dir=common.FLAGS.data_dir, resume=common.FLAGS.resume,
-      show_progress=common.FLAGS.progress)
+main = base.make_main(PRESETS, run, lambda: dict(
+    methods=tuple(flags.FLAGS.methods),
+    full_total_steps=flags.FLAGS.full_total_steps,
+    random_dir=flags.FLAGS.random_dir, real_draws=flags.FLAGS.real_draws))
 
 
 if __name__ == "__main__":
