@@ -22,9 +22,9 @@ Presets:
     300/600/1000 steps: 4 direct runs + 10 Boost-DD blocks, about 3-4 hours.
     Expected: subsets below direct at small budgets; Boost-DD prefixes close
     to direct (the paper's claim; UNVERIFIED here).
-  * cpu_w32: the same at ConvNet width 32 and 80 outer steps per
-    distillation (no time cap): a quick demonstration of the study on one
-    core; run with --budgets=1,2,5.
+  * cpu_w32: the same at ConvNet width 32, 300 outer steps per
+    distillation (no time cap): the study in well under an hour on one
+    core.
   * smoke: seconds, for tests (budgets 1,2).
 """
 
@@ -55,8 +55,8 @@ def preset(name: str = "cpu") -> rat_bptt.RatConfig:
                                eval_nets=4, boost_beta=0.1)
   if name == "cpu_w32":
     return dataclasses.replace(base.cpu("fashion_mnist", 1), width=32,
-                               outer_steps=80, time_budget_s=0.0,
-                               eval_every=40, eval_nets=4, boost_beta=0.1)
+                               outer_steps=300, time_budget_s=0.0,
+                               eval_every=100, eval_nets=4, boost_beta=0.1)
   if name == "smoke":
     return base.smoke("fashion_mnist")
   raise ValueError(f"Unknown preset {name!r}.")
