@@ -23,8 +23,9 @@ Presets:
     Expected: subsets below direct at small budgets; Boost-DD prefixes close
     to direct (the paper's claim; UNVERIFIED here).
   * cpu_w32: the same at ConvNet width 32, 300 outer steps per
-    distillation (no time cap): the study in well under an hour on one
-    core.
+    distillation (no time cap): 58 min on one core. Measured (test %, IPC
+    1/2/5/10): direct 72.5/72.8/74.2/74.4; random subsets of the IPC-10 set
+    56.6/63.6/72.2/-; Boost-DD prefixes 73.0/72.9/72.3/68.9.
   * smoke: seconds, for tests (budgets 1,2).
 """
 

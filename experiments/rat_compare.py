@@ -19,10 +19,16 @@ states the wall time it took. Sub-runs live in WORKDIR/<method>/ and are
 reused when their report.json exists and their config matches; --random_dir
 reuses an existing rat_bptt_fashion run of the same config as the RaT row.
 
-Command (2-core CPU, Fashion-MNIST IPC 1, about 70 min alone):
+Command (2-core CPU, Fashion-MNIST IPC 1; on one core each distillation
+takes 17-30 min and each evaluation of 8 nets about 9 min, about 2 h in all):
 
   python -m experiments.rat_compare --workdir=/tmp/rat_compare \
       --data_dir=../shared/datasets --preset=cpu_ipc1
+
+Measured (8 nets, test %): RaT-BPTT 70.71 +- 0.87, window at the end
+59.93 +- 0.66, full unroll N = M = 20 74.10 +- 0.98, full unroll N = M = 60
+(--full_total_steps=60 --outer_steps=100) 70.20 +- 0.59, random real
+49.17 +- 7.56, k-means 56.61 +- 1.14.
 
 Outputs: rat_compare.md and rat_compare.json in --workdir.
 """
