@@ -16,8 +16,9 @@ Presets:
     at 40 min), candidates every 100 steps on 2 validation nets, final eval 8
     nets at 300/600/1000 steps. Measured: 70.71 +- 0.87% test (8 nets;
     validation-selected budget 1000, checkpoint 300); 30 min of
-    distillation sharing the 2 cores with other jobs (about 3.3 s per outer
-    step alone on one core) + 9-11 min of evaluation.
+    distillation sharing the 2 cores with other jobs (the same-cost
+    fixed-window run: 4.4 s per outer step on one core, candidate
+    evaluations included) + 9-11 min of evaluation.
   * cpu_ipc10: 10 images/class, 2 per class per inner step, otherwise as
     cpu_ipc1; about 55 min (distillation capped at 40 min). Expected about
     80-85% (UNVERIFIED estimate; RaT-BPTT reports no Fashion-MNIST numbers).
