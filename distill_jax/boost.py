@@ -6,20 +6,26 @@ distilled at the small size) and propose Boost-DD, which "iteratively learns
 to distill a dataset into a small set while setting the learning rate of
 previously distilled instances to small value" (strength beta). The code is
 not released and the details are not recovered (METHODS.md B.10), so this
-module implements a labelled design choice:
+module implements two labelled readings (`boost_mode`):
 
-  * the set grows in `boost_blocks` blocks of `ipc` images per class;
-  * block k is distilled with RaT-BPTT (`rat_train.distill`) while blocks
-    0..k-1 stay FIXED (no gradient) but are part of the inner training: they
-    are subsampled like the new block and their per-example loss weight is
-    beta (`boost_beta`), i.e. their gradient contribution (and, for plain GD
-    / SGD, their learning rate) is scaled by beta;
+  * the set grows in `boost_blocks` blocks of `ipc` images per class, each
+    block distilled with RaT-BPTT (`rat_train.distill`);
+  * "frozen": while block k is distilled, blocks 0..k-1 stay FIXED (no
+    gradient) but are part of the inner training: they are subsampled like
+    the new block and their per-example inner loss weight is beta
+    (`boost_beta`), i.e. their gradient contribution (and, for plain GD /
+    SGD, their inner learning rate) is scaled by beta;
+  * "slow": "learning rate of previously distilled instances" read as the
+    OUTER learning rate: while block k is distilled, blocks 0..k-1 keep
+    being learned, their outer (Adam) update scaled by beta, and every image
+    has inner weight 1, as at evaluation;
   * the result is nested: the first k blocks (k * ipc images per class)
     form the budget-k set; every prefix budget is evaluated with the
     RaT-BPTT protocol (validation-selected budget, test mean +- std), and
     trained on with uniform weights.
 
-Outputs in workdir: block_XX/ (metrics, checkpoints, block.npz),
+Outputs in workdir: block_XX/ (metrics, checkpoints, block.npz; in "slow"
+mode block.npz holds blocks 0..XX as they were after block XX),
 distilled.npz (all blocks; `extra/block` gives each image's block),
 report.json with one entry per prefix budget.
 """
@@ -37,6 +43,12 @@ from distill_jax import rat_bptt
 from distill_jax import rat_eval
 from distill_jax import rat_train
 from distill_jax import storage
+
+
+READINGS = {
+    "frozen": "earlier blocks fixed, inner loss weight beta",
+    "slow": "earlier blocks keep learning at beta x the outer update",
+}
 
 
 def fixed_blocks(xs: list, ys: list, beta: float, num_classes: int,
@@ -66,8 +78,13 @@ def prefix(x: np.ndarray, y: np.ndarray, blocks: int, ipc: int):
 
 
 def _load_block(path: str):
-  with np.load(path, allow_pickle=False) as z:
-    return z["x"], z["y"]
+  """(x, y, extra) of a block.npz; extra holds raw_lr when it was learned."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return z["x"], z["y"], {k: z[k] for k in z.files if k == "raw_lr"}
+  except (OSError, ValueError, KeyError) as e:
+    raise ValueError(f"{path} is not a Boost-DD block file ({e}); delete it "
+                     "to re-distil the block, or use a fresh --workdir.") from e
 
 
 def run(cfg: rat_bptt.RatConfig, workdir: str, *,
@@ -102,12 +119,43 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
   key = jax.random.key(cfg.seed)
   k_blocks, k_eval = jax.random.split(key)
   xs, ys, block_info = [], [], []
+  prev_learned = {}
   for b in range(cfg.boost_blocks):
     sub = os.path.join(workdir, f"block_{b:02d}")
     path = os.path.join(sub, "block.npz")
     if resume and os.path.exists(path):
-      x, y = _load_block(path)
+      x, y, extra = _load_block(path)
+      if cfg.boost_mode == "slow":
+        prev_learned = {"x": x, **extra}
       block_info.append({"block": b, "resumed": True})
+    elif cfg.boost_mode == "slow":
+      k_b = jax.random.fold_in(k_blocks, b)
+      init = rat_bptt.init_learned(jax.random.split(k_b, 3)[0], cfg,
+                                   ds.num_classes, ds.image_shape)
+      scale = np.ones((ds.num_classes, (b + 1) * cfg.ipc), np.float32)
+      if b:
+        prev = {k: np.asarray(v) for k, v in prev_learned.items()}
+        init = {**prev, "x": np.concatenate([prev["x"], init["x"]], 1)}
+        if "y" in prev:
+          init["y"] = np.concatenate([prev["y"], np.asarray(
+              rat_bptt.init_learned(k_b, cfg, ds.num_classes,
+                                    ds.image_shape)["y"])], 1)
+        scale[:, :b * cfg.ipc] = cfg.boost_beta
+      out = rat_train.distill(
+          dataclasses.replace(cfg, ipc=(b + 1) * cfg.ipc), prep, model, sub,
+          key=k_b, resume=resume, show_progress=show_progress, init=init,
+          x_scale=scale)
+      prev_learned = out["learned"]
+      x = np.asarray(prev_learned["x"])
+      y = np.asarray(rat_bptt.support(
+          prev_learned,
+          rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)).y)
+      extra = {k: np.asarray(v) for k, v in prev_learned.items()
+               if k == "raw_lr"}
+      storage.atomic_write(path, lambda f, x=x, y=y, e=extra: np.savez(
+          f, x=x, y=y, **e))
+      block_info.append({"block": b, "best_step": out["best_step"],
+                         "train_time_s": out["train_time_s"]})
     else:
       fixed = fixed_blocks(xs, ys, cfg.boost_beta, ds.num_classes,
                            ds.image_shape)
@@ -121,8 +169,14 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
       storage.atomic_write(path, lambda f, x=x, y=y: np.savez(f, x=x, y=y))
       block_info.append({"block": b, "best_step": out["best_step"],
                          "train_time_s": out["train_time_s"]})
-    xs.append(x)
-    ys.append(y)
+    if cfg.boost_mode == "slow":  # block.npz holds every block so far.
+      xs, ys = [x], [y]
+      prev_learned = {"x": x, **({"y": y} if cfg.learn_labels else {}),
+                      **{k: v for k, v in prev_learned.items()
+                         if k == "raw_lr"}}
+    else:
+      xs.append(x)
+      ys.append(y)
   x_all = np.concatenate(xs, axis=1)
   y_all = np.concatenate(ys, axis=1)
   budgets = []
@@ -144,7 +198,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
                          "image_shape": list(ds.image_shape),
                          "block_ipc": cfg.ipc}, block=block)
   report = {"dataset": ds.name, "method": "boost_dd (our reading, METHODS.md "
-            "B.10: earlier blocks fixed, loss weight beta)",
+            f"B.10): {READINGS[cfg.boost_mode]}", "boost_mode": cfg.boost_mode,
             "block_ipc": cfg.ipc, "blocks": cfg.boost_blocks,
             "beta": cfg.boost_beta, "budgets": budgets,
             "test_acc": budgets[-1]["test_acc"], "block_runs": block_info,

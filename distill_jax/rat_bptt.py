@@ -51,6 +51,7 @@ from distill_jax import unroll
 from distill_jax import zca as zca_lib
 
 IMAGE_INITS = ("unit_norm", "gaussian")
+BOOST_MODES = ("frozen", "slow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,9 @@ class RatConfig:
   # Boost-DD (distill_jax.boost).
   boost_blocks: int = 1
   boost_beta: float = 0.1
+  # "frozen": earlier blocks fixed, inner loss weight beta; "slow": earlier
+  # blocks keep being learned at beta x the outer step (distill_jax.boost).
+  boost_mode: str = "frozen"
   # Evaluation.
   eval_budgets: tuple[int, ...] = (300, 600, 1000, 3000)
   eval_nets: int = 8
@@ -134,6 +138,9 @@ class RatConfig:
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r} is not supported; "
                          f"choose one of {list(allowed)}.")
+    if self.boost_mode not in BOOST_MODES:
+      raise ValueError(f"boost_mode={self.boost_mode!r} is not supported; "
+                       f"choose one of {list(BOOST_MODES)}.")
     truncation.validate(self.truncation, self.total_steps, self.window,
                         self.redraw_every)
     augment.parse(self.syn_aug)
@@ -398,14 +405,15 @@ def clip_by_ema(grad: jax.Array, ema: jax.Array, coef: float):
 
 
 def make_step(cfg: RatConfig, model: models.Model,
-              tx: optax.GradientTransformation):
+              tx: optax.GradientTransformation, x_scale=None):
   """The jitted outer step.
 
   `step(state, fixed, x_train, y_train, idx, key) -> (state, metrics)`:
   gathers the real batch `idx`, draws window starts (redrawn every
   `redraw_every` steps) and init keys from `key` and the step number,
   computes the meta-gradient, clips, and applies the optimiser. `state` is
-  donated.
+  donated. `x_scale` (C, P), if given, multiplies each learned image's (and
+  soft label's) optimiser update (Boost-DD "slow": beta on earlier blocks).
   """
   opt = build_opt(cfg)
 
@@ -425,6 +433,10 @@ def make_step(cfg: RatConfig, model: models.Model,
       gx, ema, gnorm = clip_by_ema(grads["x"], ema, cfg.clip_coef)
       grads = {**grads, "x": gx}
     updates, opt_state = tx.update(grads, state.opt_state, state.learned)
+    if x_scale is not None:
+      updates = {**updates, "x": updates["x"] * x_scale[:, :, None, None, None]}
+      if "y" in updates:
+        updates["y"] = updates["y"] * x_scale[:, :, None]
     learned = optax.apply_updates(state.learned, updates)
     if "y" in learned:
       learned = {**learned, "y": jnp.maximum(learned["y"], 0.0)}

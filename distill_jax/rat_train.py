@@ -38,8 +38,10 @@ def _check_resume(path: str, cfg: rat_bptt.RatConfig) -> None:
   with open(path) as f:
     old = json.load(f)
   new = json.loads(cfg.to_json())
+  defaults = json.loads(rat_bptt.RatConfig().to_json())
+  # A field added after `old` was written counts as its default there.
   diff = sorted(k for k in new if k not in _RUN_CONTROL and
-                old.get(k) != new[k])
+                old.get(k, defaults.get(k)) != new[k])
   if diff:
     raise ValueError(
         f"--resume with a different configuration: {diff} differ from "
@@ -50,7 +52,8 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
             model: models.Model, workdir: str, *,
             fixed: rat_bptt.Support | None = None,
             key: jax.Array | None = None, resume: bool = False,
-            show_progress: bool = True, stop_at: int | None = None) -> dict:
+            show_progress: bool = True, stop_at: int | None = None,
+            init: dict | None = None, x_scale=None) -> dict:
   """The outer loop: distils one block, keeps the validation-best set.
 
   Args:
@@ -64,6 +67,8 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
     show_progress: progress line on stderr.
     stop_at: stop with a checkpoint after this many steps (as an
       interruption would).
+    init: initial learned pytree (default `rat_bptt.init_learned`).
+    x_scale: (C, P) per-image scale of the outer update (Boost-DD "slow").
 
   Returns:
     {"learned": best learned pytree (numpy), "best_step", "best_val",
@@ -75,9 +80,11 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   k_data, k_steps, k_val = jax.random.split(key, 3)
   fixed = fixed or rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)
   tx = rat_bptt.outer_optimizer(cfg)
-  state = rat_bptt.init_state(
-      rat_bptt.init_learned(k_data, cfg, ds.num_classes, ds.image_shape), tx)
-  outer_step = rat_bptt.make_step(cfg, model, tx)
+  if init is None:
+    init = rat_bptt.init_learned(k_data, cfg, ds.num_classes, ds.image_shape)
+  state = rat_bptt.init_state(jax.tree.map(jnp.asarray, init), tx)
+  outer_step = rat_bptt.make_step(
+      cfg, model, tx, None if x_scale is None else jnp.asarray(x_scale))
   eval_train = rat_eval.make_eval_train(cfg, model)
   host = functools.partial(jax.tree.map, np.asarray)
   ckpt = {"state": state, "best": host(state.learned),

@@ -66,6 +66,11 @@ def preset(name: str = "cpu") -> rat_bptt.RatConfig:
 PRESETS = {n: (lambda n=n: preset(n)) for n in ("cpu", "cpu_w32", "smoke")}
 
 
+def _col(mode: str) -> str:
+  """Table column of a Boost-DD reading ("boost_dd" is the frozen one)."""
+  return "boost_dd" if mode == "frozen" else f"boost_dd_{mode}"
+
+
 def _cached(path, fn):
   report = os.path.join(path, "report.json")
   if os.path.exists(report):
@@ -75,12 +80,17 @@ def _cached(path, fn):
 
 
 def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
-        subset_draws: int = 3, data_dir=None, resume=False,
-        show_progress=True) -> dict:
+        subset_draws: int = 3, boost_modes=("frozen", "slow"), data_dir=None,
+        resume=False, show_progress=True) -> dict:
   """Runs the comparison; returns the table (also written as JSON/MD/PNG)."""
   budgets = tuple(sorted(set(int(b) for b in budgets)))
   if budgets[0] < 1 or subset_draws < 1:
     raise ValueError("--budgets must be positive and --subset_draws >= 1.")
+  boost_modes = tuple(boost_modes)
+  bad = [m for m in boost_modes if m not in rat_bptt.BOOST_MODES]
+  if bad or not boost_modes:
+    raise ValueError(f"--boost_modes={','.join(boost_modes)}: choose one or "
+                     f"more of {','.join(rat_bptt.BOOST_MODES)}.")
   cfg = dataclasses.replace(cfg, batch_per_class=1).validate()
   prep = rat_bptt.prepare(cfg, None, data_dir)
   ds = prep.ds
@@ -90,10 +100,15 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
     sub = os.path.join(workdir, f"direct_ipc{b}")
     direct[b] = _cached(sub, lambda b=b, sub=sub: rat_train.run(
         dataclasses.replace(cfg, ipc=b), sub, **kw))["test_acc"]
-  boost_dir = os.path.join(workdir, "boost")
-  boost_cfg = dataclasses.replace(cfg, ipc=1, boost_blocks=budgets[-1])
-  boosted = _cached(boost_dir, lambda: boost.run(boost_cfg, boost_dir, **kw))
-  boost_acc = {r["ipc"]: r["test_acc"] for r in boosted["budgets"]}
+  boost_acc = {}
+  for mode in boost_modes:  # "boost/" is the frozen reading's directory.
+    boost_dir = os.path.join(workdir,
+                             "boost" if mode == "frozen" else f"boost_{mode}")
+    boost_cfg = dataclasses.replace(cfg, ipc=1, boost_blocks=budgets[-1],
+                                    boost_mode=mode)
+    boosted = _cached(boost_dir, lambda c=boost_cfg, d=boost_dir: boost.run(
+        c, d, **kw))
+    boost_acc[mode] = {r["ipc"]: r["test_acc"] for r in boosted["budgets"]}
 
   big = storage.load_distilled(
       os.path.join(workdir, f"direct_ipc{budgets[-1]}", "distilled.npz"))
@@ -123,27 +138,34 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
     subset[b] = evaluate.summary(np.concatenate(accs))
 
   rows = [{"ipc": b, "direct": direct[b], "random_subset": subset[b],
-           "boost_dd": boost_acc.get(b)} for b in budgets]
+           **{_col(m): boost_acc[m].get(b) for m in boost_modes}}
+          for b in budgets]
   table = {"dataset": ds.name, "budgets": list(budgets),
            "subset_of_ipc": budgets[-1], "subset_draws": subset_draws,
            "rows": rows, "eval_protocol": rat_eval.EVAL_PROTOCOL,
-           "boost_reading": "earlier blocks fixed, loss weight beta="
-                            f"{cfg.boost_beta} (METHODS.md B.10)"}
+           "boost_readings": {_col(m): f"{boost.READINGS[m]}, beta="
+                                       f"{cfg.boost_beta} (METHODS.md B.10)"
+                              for m in boost_modes}}
   storage.write_json(os.path.join(workdir, "intercorrelation.json"), table)
 
   def fmt(s):
     return f"{s['mean']:.2f} ± {s['std']:.2f}" if s else "–"
 
   lines = [f"# Intercorrelation on {ds.name} (test %, mean ± std)", "",
-           f"| IPC | direct | random subset of IPC{budgets[-1]} | Boost-DD |",
-           "|---|---|---|---|"]
+           f"| IPC | direct | random subset of IPC{budgets[-1]} | " +
+           " | ".join(f"Boost-DD ({m})" for m in boost_modes) + " |",
+           "|---|---|---|" + "---|" * len(boost_modes)]
   lines += [f"| {r['ipc']} | {fmt(r['direct'])} | {fmt(r['random_subset'])} "
-            f"| {fmt(r['boost_dd'])} |" for r in rows]
+            "| " + " | ".join(fmt(r[_col(m)]) for m in boost_modes) + " |"
+            for r in rows]
+  lines += ["", "Boost-DD readings (METHODS.md B.10, beta = "
+            f"{cfg.boost_beta}): " + "; ".join(
+                f"{m}: {boost.READINGS[m]}" for m in boost_modes) + "."]
   storage.atomic_write(os.path.join(workdir, "intercorrelation.md"),
                        lambda f: f.write("\n".join(lines) + "\n"), mode="w")
   series = {}
   for name, key in (("direct", "direct"), ("random subset", "random_subset"),
-                    ("Boost-DD", "boost_dd")):
+                    *((f"Boost-DD ({m})", _col(m)) for m in boost_modes)):
     pts = [(r["ipc"], r[key]) for r in rows if r[key]]
     series[name] = ([p[0] for p in pts], [p[1]["mean"] for p in pts],
                     [p[1]["std"] for p in pts])
@@ -156,11 +178,14 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
 
 main = base.make_main(PRESETS, run, lambda: dict(
     budgets=tuple(int(b) for b in flags.FLAGS.budgets),
-    subset_draws=flags.FLAGS.subset_draws))
+    subset_draws=flags.FLAGS.subset_draws,
+    boost_modes=tuple(flags.FLAGS.boost_modes)))
 
 
 if __name__ == "__main__":
   base.define_flags(PRESETS, "cpu")
   flags.DEFINE_list("budgets", ["1", "2", "5", "10"], "Images per class.")
   flags.DEFINE_integer("subset_draws", 3, "Random subsets per budget.")
+  flags.DEFINE_list("boost_modes", ["frozen", "slow"],
+                    "Boost-DD readings to compare (distill_jax.boost).")
   app.run(main)

@@ -1,6 +1,9 @@
 """Boost-DD: fixed earlier blocks weighted by beta, nested prefixes."""
 
+import dataclasses
 import functools
+import os
+import shutil
 
 from absl.testing import absltest
 import chex
@@ -11,7 +14,8 @@ import numpy as np
 from distill_jax import boost
 from distill_jax import models
 from distill_jax import rat_bptt
-from tests import test_utils  # pylint: disable=unused-import
+from distill_jax import storage
+from tests import test_utils
 
 SHAPE, C = (4, 4, 1), 3
 
@@ -71,6 +75,91 @@ class BoostTest(absltest.TestCase):
                                                             SHAPE))
     self.assertEqual(set(g), {"x"})  # only the new block is learned.
     chex.assert_tree_all_finite(g)
+
+
+  def test_slow_mode_scales_outer_update_of_old_blocks(self):
+    """x_scale multiplies the Adam update per image: beta on old blocks, the
+    new block's update unchanged (against the unscaled step)."""
+    cfg = rat_bptt.RatConfig(
+        arch="mlp", mlp_hidden=(8,), ipc=2, batch_per_class=2, total_steps=3,
+        window=2, syn_aug="none", real_aug="none", inner_opt="sgd",
+        inner_lr=0.1, real_batch=6, val_size=5, learn_labels=True,
+        num_inits=2).validate()
+    model = models.build(cfg, SHAPE, C)
+    tx = rat_bptt.outer_optimizer(cfg)
+    learned = rat_bptt.init_learned(jax.random.key(0), cfg, C, SHAPE)
+    rx = np.asarray(jax.random.normal(jax.random.key(2), (6, *SHAPE)))
+    ry = np.arange(6) % C
+    idx = np.arange(6)
+    fixed = rat_bptt.empty_fixed(C, SHAPE)
+    scale = np.ones((C, 2), np.float32)
+    scale[:, 0] = 0.25  # image 0 of each class is the "old block".
+
+    def moved(x_scale):
+      state = rat_bptt.init_state(jax.tree.map(jnp.array, learned), tx)
+      step = rat_bptt.make_step(cfg, model, tx, x_scale)
+      new, _ = step(state, fixed, rx, ry, idx, jax.random.key(5))
+      return jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b),
+                          new.learned, learned)
+    full, part = moved(None), moved(jnp.asarray(scale))
+    chex.assert_trees_all_close(part["x"][:, 1], full["x"][:, 1], rtol=1e-4,
+                                atol=1e-7)
+    chex.assert_trees_all_close(part["x"][:, 0], 0.25 * full["x"][:, 0],
+                                rtol=1e-4, atol=1e-7)
+    chex.assert_trees_all_close(part["y"][:, 0], 0.25 * full["y"][:, 0],
+                                rtol=1e-4, atol=1e-7)
+    self.assertGreater(float(np.abs(full["x"][:, 0]).max()), 0.0)
+
+
+class BoostRunTest(absltest.TestCase):
+
+  def _cfg(self, mode):
+    return rat_bptt.RatConfig(
+        arch="mlp", mlp_hidden=(8,), ipc=1, batch_per_class=1, boost_blocks=3,
+        boost_mode=mode, boost_beta=0.5, total_steps=3, window=2,
+        syn_aug="none", real_aug="none", inner_opt="sgd", inner_lr=0.1,
+        real_batch=12, num_inits=1, outer_lr=0.05, outer_steps=3,
+        eval_every=0, eval_budgets=(2,), val_nets=1, eval_nets=1,
+        checkpoint_every=0, val_size=12).validate()
+
+  def test_modes_and_resume(self):
+    ds = test_utils.tiny_dataset()
+    out = {}
+    for mode in ("frozen", "slow"):
+      wd = self.create_tempdir().full_path
+      rep = boost.run(self._cfg(mode), wd, dataset=ds, show_progress=False)
+      self.assertEqual([b["ipc"] for b in rep["budgets"]], [1, 2, 3])
+      self.assertEqual(rep["boost_mode"], mode)
+      out[mode] = (wd, storage.load_distilled(
+          os.path.join(wd, "distilled.npz")).x[0].reshape(C, 3, *SHAPE))
+    # Block 0 is distilled identically; afterwards frozen keeps it, slow
+    # keeps learning it.
+    b0 = np.load(os.path.join(out["frozen"][0], "block_00", "block.npz"))
+    np.testing.assert_array_equal(out["frozen"][1][:, :1], b0["x"])
+    b0s = np.load(os.path.join(out["slow"][0], "block_00", "block.npz"))
+    np.testing.assert_array_equal(b0s["x"], b0["x"])
+    self.assertGreater(np.abs(out["slow"][1][:, :1] - b0s["x"]).max(), 0.0)
+    # Resume in slow mode: re-distilling the last block from block_01.npz
+    # gives the uninterrupted result.
+    wd, want = out["slow"]
+    again = self.create_tempdir().full_path
+    shutil.copytree(wd, again, dirs_exist_ok=True)
+    shutil.rmtree(os.path.join(again, "block_02"))
+    os.remove(os.path.join(again, "distilled.npz"))
+    boost.run(self._cfg("slow"), again, dataset=ds, show_progress=False,
+              resume=True)
+    got = storage.load_distilled(os.path.join(again, "distilled.npz")).x[0]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+  def test_corrupt_block_file(self):
+    ds = test_utils.tiny_dataset()
+    wd = self.create_tempdir().full_path
+    os.makedirs(os.path.join(wd, "block_00"))
+    with open(os.path.join(wd, "block_00", "block.npz"), "w") as f:
+      f.write("not a zip")
+    with self.assertRaisesRegex(ValueError, "not a Boost-DD block file"):
+      boost.run(dataclasses.replace(self._cfg("slow")), wd, dataset=ds,
+                show_progress=False, resume=True)
 
 
 if __name__ == "__main__":

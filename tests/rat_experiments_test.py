@@ -44,13 +44,30 @@ def test_boost_smoke(fake_data, tmp_path):
   assert sorted(set(d.extra["block"].tolist())) == [0, 1]
 
 
+def test_boost_slow_smoke_and_bad_mode(fake_data, tmp_path):
+  _run("boost_dd", ["--preset=smoke", "--boost_mode=slow"], fake_data,
+       tmp_path)
+  report = json.loads((tmp_path / "wd" / "report.json").read_text())
+  assert report["boost_mode"] == "slow"
+  assert [b["ipc"] for b in report["budgets"]] == [1, 2]
+  proc = _run("boost_dd", ["--preset=smoke", "--boost_mode=fast"], fake_data,
+              tmp_path / "bad", check=False)
+  assert proc.returncode != 0
+  assert "boost_mode='fast' is not supported" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
 def test_intercorrelation_smoke(fake_data, tmp_path):
   _run("intercorrelation", ["--preset=smoke", "--budgets=1,2",
                             "--subset_draws=1"], fake_data, tmp_path)
   wd = tmp_path / "wd"
   table = json.loads((wd / "intercorrelation.json").read_text())
   assert [r["ipc"] for r in table["rows"]] == [1, 2]
-  assert (wd / "intercorrelation.png").exists()
+  for r in table["rows"]:  # both Boost-DD readings by default.
+    assert r["boost_dd"] and r["boost_dd_slow"], r
+  assert (wd / "boost" / "report.json").exists()
+  assert (wd / "boost_slow" / "report.json").exists()
+  assert "Boost-DD (slow)" in (wd / "intercorrelation.md").read_text()
   assert (wd / "intercorrelation.md").exists()
 
 
