@@ -51,6 +51,36 @@ class ModelsTest(parameterized.TestCase):
     self.assertAlmostEqual(w.std(), np.sqrt(2.0 / (400 + 400)), delta=2e-3)
     self.assertTrue(np.all(np.asarray(params["Dense_0"]["bias"]) == 0))
 
+  @parameterized.parameters(3, 4, 5)
+  def test_lrn_matches_loop_reference(self, size):
+    """The band-matmul LRN equals the per-channel definition (a Python loop
+    over the zero-padded window with `**`), with its first and second
+    derivatives."""
+    alpha, beta, k = 0.3, 0.75, 1.0
+
+    def reference(x):
+      c = x.shape[-1]
+      outs = []
+      for ch in range(c):
+        lo, hi = max(0, ch - size // 2), min(c, ch + (size - 1) // 2 + 1)
+        win = jnp.sum(jnp.square(x[..., lo:hi]), axis=-1)
+        outs.append(x[..., ch] / (k + alpha / size * win) ** beta)
+      return jnp.stack(outs, axis=-1)
+
+    def lrn(x):
+      return models.local_response_norm(x, size, alpha=alpha, beta=beta, k=k)
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 7)) * 2.0
+    chex.assert_trees_all_close(lrn(x), reference(x), rtol=1e-5, atol=1e-6)
+    v = jax.random.normal(jax.random.key(1), x.shape)
+
+    def grad_of(f):
+      return jax.grad(lambda y: jnp.sum(jnp.sin(f(y)) * v))
+    chex.assert_trees_all_close(grad_of(lrn)(x), grad_of(reference)(x),
+                                rtol=1e-4, atol=1e-5)
+    hvp = lambda f: jax.jvp(grad_of(f), (x,), (v,))[1]  # second order.
+    chex.assert_trees_all_close(hvp(lrn), hvp(reference), rtol=1e-3,
+                                atol=1e-4)
+
   def test_bad_arch_and_shape(self):
     with self.assertRaisesRegex(ValueError, "Unknown arch"):
       models.build(config_lib.DistillConfig(), (28, 28, 1), 10, arch="vit")

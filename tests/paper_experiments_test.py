@@ -76,6 +76,13 @@ def test_table1_smoke(fake_data, tmp_path):
   out2 = json.loads((tmp_path / "wd" / "table1.json").read_text())
   assert out2["rows"]["kmeans"] == out["rows"]["kmeans"]
   assert out2["rows"]["dd_random_real_init"]["test_acc"]["n"] == 2
+  # --val_limit: selection on the first images of the validation split (a
+  # new cache key, so the baselines are re-run).
+  proc = _run("table1", ["--preset=smoke", f"--fixed_dir={fixed}",
+                         f"--random_dir={rand}", "--val_limit=7"], fake_data,
+              tmp_path)
+  assert "baselines: reusing" not in proc.stdout
+  assert "chosen on 7 validation images" in proc.stdout
 
 
 def test_table1_bad_flags(fake_data, tmp_path):
@@ -86,6 +93,9 @@ def test_table1_bad_flags(fake_data, tmp_path):
               check=False)
   assert proc.returncode != 0 and "no such file" in proc.stderr
   assert "Traceback" not in proc.stderr
+  proc = _run("table1", ["--preset=smoke", "--fixed_dir=/a", "--random_dir=/b",
+                         "--val_limit=-1"], fake_data, tmp_path, check=False)
+  assert proc.returncode != 0 and "val_limit=-1 must be >= 0" in proc.stderr
 
 
 def test_cross_arch_smoke(fake_data, tmp_path):
