@@ -3,7 +3,9 @@
 Setting (Dataset Distillation on MNIST): LeNet, 100 distilled images (10 per
 step), real batch 1024, plain-GD inner steps with learned lrs. Sweeps
   * sampled initialisations J in {1, 4, 16} at 30 inner steps;
-  * unroll length T in {30, 100, 300} with and without `jax.checkpoint`.
+  * unroll length T in {30, 100, 300} with and without `jax.checkpoint`;
+  * `alexcifarnet_cifar10`: the CIFAR-10 setting (AlexCifarNet, 32x32x3,
+    30 inner steps, real batch 256).
 Each configuration runs in its own process, so peak RSS is its own.
 
   python benchmarks/meta_step.py --out=/tmp/meta_step.json
@@ -45,7 +47,7 @@ def _build(spec: dict):
       real_chunk=spec.get("real_chunk", 16),
       init_group=spec.get("init_group", -1),
       arch=spec.get("arch", "lenet"))
-  shape, classes = (28, 28, 1), 10
+  shape, classes = tuple(spec.get("shape", (28, 28, 1))), 10
   model = models.build(cfg, shape, classes)
   learned, labels = distilled.init(
       jax.random.key(0), steps=cfg.steps, epochs=cfg.epochs,
@@ -173,6 +175,10 @@ def configs(runs: int, quick: bool) -> list[dict]:
     for remat in ("none", "full"):
       out.append({**base, "name": f"unroll_{10 * epochs}_{remat}",
                   "epochs": epochs, "remat": remat})
+  if not quick:  # The CIFAR-10 Table 1 setting (experiments.dd_cifar10).
+    out.append({**base, "name": "alexcifarnet_cifar10", "arch": "alexcifarnet",
+                "shape": (32, 32, 3), "real_batch": 256,
+                "runs": max(2, runs // 2)})
   return out
 
 
