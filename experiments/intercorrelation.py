@@ -6,10 +6,13 @@ test accuracy (validation-selected RaT-BPTT protocol, mean +- std) of
   * random subset: b random images per class of the ipc = max(budgets)
     direct set (--subset_draws draws; nets x draws pooled);
   * boost: the first b blocks of a Boost-DD set with 1 image per class per
-    block (our reading, METHODS.md B.10).
+    block, for each reading in --boost_modes (METHODS.md B.10;
+    `distill_jax.boost`): "frozen" (earlier blocks fixed, inner loss weight
+    beta) and "slow" (earlier blocks keep learning at beta x the outer
+    update).
 Writes intercorrelation.md, intercorrelation.json and intercorrelation.png
-(`viz.line_plot`) to --workdir; sub-runs go to direct_ipcB/ and boost/ and
-are reused when their report.json exists.
+(`viz.line_plot`) to --workdir; sub-runs go to direct_ipcB/, boost/
+(frozen) and boost_slow/ and are reused when their report.json exists.
 
 Command (2-core CPU):
 
@@ -23,9 +26,11 @@ Presets:
     Expected: subsets below direct at small budgets; Boost-DD prefixes close
     to direct (the paper's claim; UNVERIFIED here).
   * cpu_w32: the same at ConvNet width 32, 300 outer steps per
-    distillation (no time cap): 58 min on one core. Measured (test %, IPC
-    1/2/5/10): direct 72.5/72.8/74.2/74.4; random subsets of the IPC-10 set
-    56.6/63.6/72.2/-; Boost-DD prefixes 73.0/72.9/72.3/68.9.
+    distillation (no time cap): about 1 h 30 min on one core (58 min
+    without the slow reading). Measured (test %, IPC 1/2/5/10): direct
+    72.5/72.8/74.2/74.4; random subsets of the IPC-10 set 56.6/63.6/72.2/-;
+    Boost-DD prefixes, frozen 73.0/72.9/72.3/68.9, slow (beta 0.1)
+    69.1/74.2/75.2/76.4.
   * smoke: seconds, for tests (budgets 1,2).
 """
 
