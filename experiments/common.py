@@ -92,6 +92,16 @@ def run_and_report(run_fn, cfg, workdir: str, **kwargs) -> dict:
   except ValueError as e:
     sys.stderr.write(f"\nerror: {e}\n")
     sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    sys.stderr.write(
+        f"\nerror: out of device memory ({str(e).splitlines()[0][:200]}). "
+        "Lower the per-pass sizes: --eval_batch (evaluation), --real_batch "
+        "or --real_chunk (meta-loss), --num_inits / --init_group (sampled "
+        "initialisations), or the window for RaT-BPTT; a run with "
+        "checkpoints continues with --resume.\n")
+    sys.exit(3)
   acc = report.get("test_acc")
   if acc:
     print(f"test accuracy: {acc['mean']:.2f} +- {acc['std']:.2f} % over "
