@@ -252,6 +252,13 @@ def split_validation(x, y, val_size: int, seed: int):
   return x[mask], y[mask], x[val_idx], y[val_idx]
 
 
+def stratified_subset(x, y, n: int, seed: int):
+  """``n`` examples of ``(x, y)``, class-stratified and drawn at random
+  (never just the first ``n``: local copies are often sorted by class)."""
+  _, _, xs, ys = split_validation(x, y, n, seed)
+  return xs, ys
+
+
 def _local_datasets():
   """Imports `local_datasets` (and so TFDS) on first use."""
   from distill_jax import local_datasets  # pylint: disable=g-import-not-at-top

@@ -50,6 +50,7 @@ import numpy as np
 
 from distill_jax import baselines
 from distill_jax import config as config_lib
+from distill_jax import data
 from distill_jax import evaluate
 from distill_jax import inits
 from distill_jax import models
@@ -99,9 +100,10 @@ class Table1Config:
   kmeans_seeds: int = 3
   knn_ks: tuple[int, ...] = (1, 3)
   eval_batch: int = 2000
-  # Use only the first val_limit validation images to choose the baselines'
-  # lr x epochs and the optimized-real sets (0: the whole split). For
-  # AlexCifarNet on a CPU, where each validation pass is the main cost.
+  # Use only val_limit validation images (a class-stratified random subset)
+  # to choose the baselines' lr x epochs and the optimized-real sets (0: the
+  # whole split). For AlexCifarNet on a CPU, where each validation pass is
+  # the main cost.
   val_limit: int = 0
   seed: int = 1  # != the DD runs' seed: fresh held-out inits.
 
@@ -229,8 +231,9 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
   log = print if show_progress else (lambda s: None)
   ds = train.load_data(rand_cfg, data_dir)
   if cfg.val_limit and cfg.val_limit < len(ds.y_val):
-    ds = dataclasses.replace(ds, x_val=ds.x_val[:cfg.val_limit],
-                             y_val=ds.y_val[:cfg.val_limit])
+    x_val, y_val = data.stratified_subset(ds.x_val, ds.y_val, cfg.val_limit,
+                                          cfg.seed)
+    ds = dataclasses.replace(ds, x_val=x_val, y_val=y_val)
   model = models.build(rand_cfg, ds.image_shape, ds.num_classes)
   k_val, k_test, k_sets = jax.random.split(jax.random.key(cfg.seed), 3)
   val_params0 = inits.sample(k_val, cfg.val_inits, mode="random",
@@ -271,6 +274,7 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
                    dataclasses.replace(cfg, fixed_dir="",
                                        extra_random_dirs=""))),
                "data": baseline_inputs(rand_cfg),
+               "val_subset": "stratified" if cfg.val_limit else "all",
                "learned_lrs": [round(float(v), 7) for v in
                                np.asarray(rand.lrs).ravel()]}
   cached = None

@@ -302,6 +302,18 @@ def test_split_validation_stratified():
   np.testing.assert_array_equal(y[x_tr], y_tr)
 
 
+def test_stratified_subset_of_class_sorted_data():
+  # A class-sorted split (as local copies are): the subset must cover every
+  # class in proportion, not be the first n examples.
+  y = np.repeat(np.arange(10), 50)
+  x = np.arange(500)
+  xs, ys = data.stratified_subset(x, y, 100, seed=3)
+  np.testing.assert_array_equal(np.bincount(ys, minlength=10), [10] * 10)
+  np.testing.assert_array_equal(y[xs], ys)
+  xs2, _ = data.stratified_subset(x, y, 100, seed=3)
+  np.testing.assert_array_equal(xs, xs2)
+
+
 def test_normalize_and_resize():
   x = np.full((2, 4, 4, 3), 255, np.uint8)
   out = data.normalize(x, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
