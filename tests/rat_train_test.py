@@ -87,6 +87,20 @@ class ResumeTest(absltest.TestCase):
     # Run-control fields may change.
     out = self._run(_cfg(log_every=2), wd, resume=True, stop_at=3)
     self.assertEqual(out, {"interrupted_at": 3})
+    # A run written before a field existed resumes when the field has its
+    # default, and is refused when it does not.
+    path = os.path.join(wd, "config.json")
+    with open(path) as f:
+      old = json.load(f)
+    del old["boost_mode"]
+    with open(path, "w") as f:
+      json.dump(old, f)
+    out = self._run(_cfg(), wd, resume=True, stop_at=4)
+    self.assertEqual(out, {"interrupted_at": 4})
+    with open(path, "w") as f:
+      json.dump(old, f)
+    with self.assertRaisesRegex(ValueError, "boost_mode"):
+      rat_train._check_resume(path, _cfg(boost_mode="slow"))
 
 
 if __name__ == "__main__":
