@@ -41,6 +41,7 @@ def measure(spec: dict) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from distill_jax import models  # pylint: disable=g-import-not-at-top
   from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
+  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
 
   shape, classes = tuple(spec.pop("shape")), 10
   runs = spec.pop("runs")
@@ -64,6 +65,7 @@ def measure(spec: dict) -> dict:
   t = time.perf_counter()
   compiled = step.lower(state, fixed, x, y, idx(), key).compile()
   compile_s = time.perf_counter() - t
+  xla_options.release_host_memory()  # as rat_train does after compiling.
   mem = compiled.memory_analysis()
   temp_bytes = int(getattr(mem, "temp_size_in_bytes", -1)) if mem else -1
   state, m = step(state, fixed, x, y, idx(), key)  # warm-up

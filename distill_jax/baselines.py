@@ -37,6 +37,7 @@ import numpy as np
 
 from distill_jax import distilled
 from distill_jax import evaluate
+from distill_jax import xla_options
 
 LEARNED = "learned"
 PAPER_LRS = (LEARNED, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
@@ -345,8 +346,8 @@ def _knn_chunk(k: int, metric: str, memory, memory_y, num_classes: int):
   return predict
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("k", "metric", "num_classes", "batch"))
+@xla_options.lazy_jit(
+    static_argnames=("k", "metric", "num_classes", "batch"))
 def knn_predict(memory_x: jax.Array, memory_y: jax.Array, x: jax.Array, *,
                 k: int, metric: str, num_classes: int,
                 batch: int = 256) -> jax.Array:

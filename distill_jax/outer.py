@@ -13,6 +13,7 @@ from distill_jax import distilled
 from distill_jax import inits
 from distill_jax import meta
 from distill_jax import sharding
+from distill_jax import xla_options
 
 
 @flax.struct.dataclass
@@ -86,4 +87,4 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
     }
     return OuterState(learned, opt_state, state.step + 1), metrics
 
-  return jax.jit(step, donate_argnums=(0,))
+  return xla_options.jit(step, donate_argnums=(0,))

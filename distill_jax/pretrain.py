@@ -24,6 +24,7 @@ from distill_jax import inner
 from distill_jax import models
 from distill_jax import progress as progress_lib
 from distill_jax import storage
+from distill_jax import xla_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +59,8 @@ def _model(cfg: PretrainConfig, ds: data.Dataset) -> models.Model:
   return models.build(dcfg, ds.image_shape, ds.num_classes)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "tx", "steps",
-                                             "batch"))
+@xla_options.lazy_jit(static_argnames=("apply_fn", "tx", "steps",
+                                        "batch"))
 def _train(apply_fn, tx, params0, keys, x, y, steps: int, batch: int):
   """Trains a stack of networks with Adam on random minibatches."""
   def train_one(params, key):
@@ -84,7 +85,7 @@ def train_pool(cfg: PretrainConfig, ds: data.Dataset, *,
   model = _model(cfg, ds)
   steps = max(1, int(cfg.epochs * len(ds.y_train) / cfg.batch_size))
   tx = optax.adam(cfg.lr)
-  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+  x, y = jax.device_put(ds.x_train), jnp.asarray(ds.y_train)
   key = jax.random.key(cfg.seed)
   k_init, k_train = jax.random.split(key)
   init_keys = jax.random.split(k_init, cfg.num_nets)
@@ -97,7 +98,7 @@ def train_pool(cfg: PretrainConfig, ds: data.Dataset, *,
     params = _train(model.apply, tx, params0, train_keys[sl], x, y, steps,
                     cfg.batch_size)
     accs.append(evaluate.accuracy(model.apply, params,
-                                  jnp.asarray(ds.x_test),
+                                  jax.device_put(ds.x_test),
                                   jnp.asarray(ds.y_test)))
     pools.append(jax.tree.map(np.asarray, params))
     bar.update(min(start + cfg.chunk, cfg.num_nets),

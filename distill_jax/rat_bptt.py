@@ -48,6 +48,7 @@ from distill_jax import models
 from distill_jax import train
 from distill_jax import truncation
 from distill_jax import unroll
+from distill_jax import xla_options
 from distill_jax import zca as zca_lib
 
 IMAGE_INITS = ("unit_norm", "gaussian")
@@ -97,7 +98,7 @@ class RatConfig:
   # Outer problem.
   num_inits: int = 1
   real_batch: int = 200
-  real_chunk: int = 32  # real-batch loss in remat chunks; 0: at once.
+  real_chunk: int = 16  # real-batch loss in remat chunks; 0: at once.
   outer_lr: float = 1e-3
   outer_b1: float = 0.9
   outer_b2: float = 0.999
@@ -115,7 +116,7 @@ class RatConfig:
   eval_nets: int = 8
   eval_every: int = 0  # outer steps between candidate checkpoints; 0: end.
   val_nets: int = 2
-  eval_batch: int = 200  # images per forward, x up to 10 nets: bounds memory
+  eval_batch: int = 32  # images per forward of one network (bounds memory).
   # Run control.
   seed: int = 0
   log_every: int = 10
@@ -444,5 +445,5 @@ def make_step(cfg: RatConfig, model: models.Model,
                "start_mean": jnp.mean(starts.astype(jnp.float32))}
     return RatState(learned, opt_state, ema, state.step + 1), metrics
 
-  return jax.jit(step, donate_argnums=(0,))
+  return xla_options.jit(step, donate_argnums=(0,))
 

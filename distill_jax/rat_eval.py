@@ -19,6 +19,7 @@ import numpy as np
 from distill_jax import evaluate
 from distill_jax import models
 from distill_jax import rat_bptt
+from distill_jax import xla_options
 
 EVAL_PROTOCOL = (
     "fresh networks trained with the inner optimiser (same subsampling and "
@@ -56,7 +57,7 @@ def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
     out = jax.vmap(train_one, in_axes=(0, 0, None, None))(params0, keys, sup,
                                                           learned)
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
-  return jax.jit(run_all)
+  return xla_options.jit(run_all)
 
 
 def evaluate_set(cfg: rat_bptt.RatConfig, model: models.Model, eval_train,
@@ -103,8 +104,8 @@ def final_eval(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   t = time.time()
   res = evaluate_set(cfg, model, make_eval_train(cfg, model), key, sup,
                      learned, cfg.eval_nets,
-                     (jnp.asarray(prep.x_val), jnp.asarray(ds.y_val)),
-                     (jnp.asarray(prep.x_test), jnp.asarray(ds.y_test)))
+                     (jax.device_put(prep.x_val), jnp.asarray(ds.y_val)),
+                     (jax.device_put(prep.x_test), jnp.asarray(ds.y_test)))
   return {
       "test_acc": evaluate.summary(res["test"]),
       "selected_budget": res["budget"],

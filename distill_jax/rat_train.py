@@ -28,6 +28,7 @@ from distill_jax import rat_eval
 from distill_jax import storage
 from distill_jax import train
 from distill_jax import viz
+from distill_jax import xla_options
 from distill_jax import zca as zca_lib
 
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_nets",
@@ -99,8 +100,8 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
   state = ckpt["state"]
-  x_train, y_train = jnp.asarray(prep.x_train), jnp.asarray(ds.y_train)
-  val = (jnp.asarray(prep.x_val), jnp.asarray(ds.y_val))
+  x_train, y_train = jax.device_put(prep.x_train), jnp.asarray(ds.y_train)
+  val = (jax.device_put(prep.x_val), jnp.asarray(ds.y_val))
   n_train = len(ds.y_train)
   total = cfg.outer_steps
   bar = progress_lib.Progress(total, start, enabled=show_progress)
@@ -110,12 +111,17 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
     res = rat_eval.evaluate_set(cfg, model, eval_train, k_val,
                                 rat_bptt.support(state.learned, fixed),
                                 state.learned, cfg.val_nets, val)
+    xla_options.release_host_memory()  # the evaluation's compiler memory.
     score = float(res["val"].mean(1).max())
     rec["val_acc"] = round(100 * score, 3)
     if score > ckpt["best_val"]:
       ckpt.update(best=host(state.learned), best_val=np.float32(score),
                   best_step=np.int32(step))
 
+  if step < total:
+    xla_options.precompile(outer_step, state, fixed, x_train, y_train,
+                           train.batch_indices(cfg.seed, step, n_train,
+                                               cfg.real_batch), k_steps)
   with open(metrics_path, "a") as log:
     while step < total:
       idx = train.batch_indices(cfg.seed, step, n_train, cfg.real_batch)

@@ -164,7 +164,7 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
 
-  x_train = jnp.asarray(ds.x_train)
+  x_train = jax.device_put(ds.x_train)
   y_train = jnp.asarray(ds.y_train)
   val_params0 = inits.heldout(cfg.init_mode, source, model.init, k_val,
                               cfg.val_inits)
@@ -188,7 +188,7 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
           acc = evaluate.replay_accuracy(
               model.apply, val_params0, state.learned, labels,
-              jnp.asarray(ds.x_val), jnp.asarray(ds.y_val), epochs=cfg.epochs,
+              jax.device_put(ds.x_val), jnp.asarray(ds.y_val), epochs=cfg.epochs,
               batch=cfg.eval_batch)
           rec["val_acc"] = float(acc.mean())
           if cfg.select_on_val and (best is None or
@@ -245,10 +245,10 @@ def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
                           cfg.eval_inits)
   t = time.time()
   test_acc = evaluate.replay_accuracy(
-      model.apply, params0, learned, labels, jnp.asarray(ds.x_test),
+      model.apply, params0, learned, labels, jax.device_put(ds.x_test),
       jnp.asarray(ds.y_test), epochs=cfg.epochs, batch=cfg.eval_batch)
   val_acc = (evaluate.replay_accuracy(
-      model.apply, params0, learned, labels, jnp.asarray(ds.x_val),
+      model.apply, params0, learned, labels, jax.device_put(ds.x_val),
       jnp.asarray(ds.y_val), epochs=cfg.epochs, batch=cfg.eval_batch)
              if len(ds.y_val) else None)
   eval_time = time.time() - t

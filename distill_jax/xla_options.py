@@ -1,0 +1,88 @@
+"""XLA compile options the library's large programs are compiled with.
+
+On CPU the outer steps and the evaluation loops are compiled with XLA:CPU's
+fusion emitters turned off (`xla_cpu_use_fusion_emitters=False`): the
+emitters' MLIR pipeline took ~540 MiB of compiler working memory for the
+RaT-BPTT reference-setting step and ~420 MiB for the DD LeNet step, which
+the process then keeps; without them the peak resident memory of those
+benchmarks drops from ~1.2 GiB to 0.6-0.75 GiB at the same step time
+(BUILD.md, "Memory"). GPU and TPU compile with XLA's defaults.
+
+`CPU` can be edited (or emptied) before the steps are built, or set
+`DISTILL_JAX_XLA_DEFAULTS=1` to compare against XLA's defaults.
+
+`precompile` compiles a jitted function ahead of its first call and then
+hands the compiler's freed heap back to the operating system (glibc keeps
+it otherwise: ~120 MiB after the RaT-BPTT step), so the run's buffers start
+from a lower resident size.
+"""
+
+import ctypes
+import ctypes.util
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+
+# DISTILL_JAX_XLA_DEFAULTS=1 in the environment compiles with XLA's defaults.
+CPU: dict[str, Any] = ({} if os.environ.get("DISTILL_JAX_XLA_DEFAULTS") == "1"
+                       else {"xla_cpu_use_fusion_emitters": False})
+
+
+def options(backend: str | None = None) -> dict[str, Any]:
+  """The compile options for `backend` (default: JAX's default backend)."""
+  backend = backend or jax.default_backend()
+  return dict(CPU) if backend == "cpu" else {}
+
+
+def jit(fun: Callable, **kwargs) -> Callable:
+  """`jax.jit` with `options()` merged under any `compiler_options` given."""
+  opts = {**options(), **(kwargs.pop("compiler_options", None) or {})}
+  if opts:
+    kwargs["compiler_options"] = opts
+  return jax.jit(fun, **kwargs)
+
+
+class _LazyJit:
+  """`jit(fun, **kwargs)` built at first use, so that decorating a module
+  function does not initialise a JAX backend at import time."""
+
+  def __init__(self, fun: Callable, kwargs: dict):
+    self._fun, self._kwargs, self._jitted = fun, kwargs, None
+    functools.update_wrapper(self, fun)
+
+  def _get(self):
+    if self._jitted is None:
+      self._jitted = jit(self._fun, **self._kwargs)
+    return self._jitted
+
+  def __call__(self, *args, **kwargs):
+    return self._get()(*args, **kwargs)
+
+  def __getattr__(self, name):  # .lower, ._cache_size, ...
+    return getattr(self._get(), name)
+
+
+def lazy_jit(fun: Callable | None = None, **kwargs):
+  """Decorator form of `jit` for module-level functions (options resolved at
+  the first call): `@xla_options.lazy_jit(static_argnames=...)`."""
+  if fun is None:
+    return lambda f: _LazyJit(f, kwargs)
+  return _LazyJit(fun, kwargs)
+
+
+def release_host_memory() -> None:
+  """Returns free heap pages to the OS (glibc `malloc_trim`; else a no-op)."""
+  try:
+    trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+  except (OSError, AttributeError):
+    return
+  trim(0)
+
+
+def precompile(jitted, *args, **kwargs) -> None:
+  """Compiles `jitted` for these arguments (later calls reuse it), then
+  releases the compiler's freed memory. Arguments are not consumed."""
+  jitted.lower(*args, **kwargs).compile()
+  release_host_memory()
