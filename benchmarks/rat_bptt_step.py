@@ -77,6 +77,8 @@ def measure(spec: dict) -> dict:
     jax.block_until_ready(state)
     times.append(time.perf_counter() - t)
     starts.append(float(m["start_mean"]))
+  # Peak of the run itself: the FLOP count below compiles more programs.
+  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   med = statistics.median(times)
   mean_start = statistics.mean(starts)
   flops = count_flops(cfg, model, state.learned, fixed, x, y, mean_start)
@@ -85,8 +87,7 @@ def measure(spec: dict) -> dict:
           "compile_s": round(compile_s, 2), "mean_start": mean_start, "gflop_per_step": round(flops / 1e9, 3),
           "gflops_per_s": round(flops / 1e9 / med, 1),
           "xla_temp_mib": round(temp_bytes / 2**20, 1),
-          "peak_rss_mib": round(
-              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+          "peak_rss_mib": round(peak_rss, 1),
           "loss": float(m["loss"]), "backend": jax.default_backend(),
           "jax": jax.__version__}
 
