@@ -96,8 +96,9 @@ def measure(spec: dict) -> dict:
   times = [run_once() for _ in range(spec["runs"])]
   # Peak of the run itself: the FLOP count compiles more programs.
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  flops = count_flops(cfg, info["model"], info["learned"], info["labels"],
-                      info["x"], info["y"])
+  # The steps donated the initial state: count on the current one.
+  flops = count_flops(cfg, info["model"], info["holder"]["state"].learned,
+                      info["labels"], info["x"], info["y"])
   med = statistics.median(times)
   return {**spec, "inner_steps": cfg.inner_steps,
           "median_s": round(med, 4), "min_s": round(min(times), 4),

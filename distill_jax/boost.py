@@ -87,6 +87,18 @@ def _load_block(path: str):
                      "to re-distil the block, or use a fresh --workdir.") from e
 
 
+def _write_block(path: str, learned: dict, ds, keep_lr: bool):
+  """Writes block.npz (images, targets, raw lrs if `keep_lr`) atomically and
+  returns the (C, P, ...) images and (C, P, C) targets."""
+  x = np.asarray(learned["x"])
+  y = np.asarray(rat_bptt.support(
+      learned, rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)).y)
+  extra = ({k: np.asarray(v) for k, v in learned.items() if k == "raw_lr"}
+           if keep_lr else {})
+  storage.atomic_write(path, lambda f: np.savez(f, x=x, y=y, **extra))
+  return x, y
+
+
 def run(cfg: rat_bptt.RatConfig, workdir: str, *,
         dataset: data.Dataset | None = None, data_dir: str | None = None,
         resume: bool = False, show_progress: bool = True,
@@ -130,30 +142,22 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
       block_info.append({"block": b, "resumed": True})
     elif cfg.boost_mode == "slow":
       k_b = jax.random.fold_in(k_blocks, b)
-      init = rat_bptt.init_learned(jax.random.split(k_b, 3)[0], cfg,
-                                   ds.num_classes, ds.image_shape)
+      new = rat_bptt.init_learned(jax.random.split(k_b, 3)[0], cfg,
+                                  ds.num_classes, ds.image_shape)
       scale = np.ones((ds.num_classes, (b + 1) * cfg.ipc), np.float32)
+      init = new
       if b:
         prev = {k: np.asarray(v) for k, v in prev_learned.items()}
-        init = {**prev, "x": np.concatenate([prev["x"], init["x"]], 1)}
+        init = {**prev, "x": np.concatenate([prev["x"], new["x"]], 1)}
         if "y" in prev:
-          init["y"] = np.concatenate([prev["y"], np.asarray(
-              rat_bptt.init_learned(k_b, cfg, ds.num_classes,
-                                    ds.image_shape)["y"])], 1)
+          init["y"] = np.concatenate([prev["y"], np.asarray(new["y"])], 1)
         scale[:, :b * cfg.ipc] = cfg.boost_beta
       out = rat_train.distill(
           dataclasses.replace(cfg, ipc=(b + 1) * cfg.ipc), prep, model, sub,
           key=k_b, resume=resume, show_progress=show_progress, init=init,
           x_scale=scale)
       prev_learned = out["learned"]
-      x = np.asarray(prev_learned["x"])
-      y = np.asarray(rat_bptt.support(
-          prev_learned,
-          rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)).y)
-      extra = {k: np.asarray(v) for k, v in prev_learned.items()
-               if k == "raw_lr"}
-      storage.atomic_write(path, lambda f, x=x, y=y, e=extra: np.savez(
-          f, x=x, y=y, **e))
+      x, y = _write_block(path, prev_learned, ds, keep_lr=True)
       block_info.append({"block": b, "best_step": out["best_step"],
                          "train_time_s": out["train_time_s"]})
     else:
@@ -162,11 +166,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
       out = rat_train.distill(cfg, prep, model, sub, fixed=fixed,
                               key=jax.random.fold_in(k_blocks, b),
                               resume=resume, show_progress=show_progress)
-      learned = out["learned"]
-      x = np.asarray(learned["x"])
-      y = np.asarray(rat_bptt.support(
-          learned, rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)).y)
-      storage.atomic_write(path, lambda f, x=x, y=y: np.savez(f, x=x, y=y))
+      x, y = _write_block(path, out["learned"], ds, keep_lr=False)
       block_info.append({"block": b, "best_step": out["best_step"],
                          "train_time_s": out["train_time_s"]})
     if cfg.boost_mode == "slow":  # block.npz holds every block so far.
