@@ -188,8 +188,8 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
           acc = evaluate.replay_accuracy(
               model.apply, val_params0, state.learned, labels,
-              jax.device_put(ds.x_val), jnp.asarray(ds.y_val), epochs=cfg.epochs,
-              batch=cfg.eval_batch)
+              jax.device_put(ds.x_val), jnp.asarray(ds.y_val),
+              epochs=cfg.epochs, batch=cfg.eval_batch)
           rec["val_acc"] = float(acc.mean())
           if cfg.select_on_val and (best is None or
                                     rec["val_acc"] > best["val_acc"]):
