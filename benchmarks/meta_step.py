@@ -37,6 +37,7 @@ def _build(spec: dict):
   from distill_jax import models  # pylint: disable=g-import-not-at-top
   from distill_jax import layers  # pylint: disable=g-import-not-at-top
   from distill_jax import outer  # pylint: disable=g-import-not-at-top
+  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
 
   if jax.default_backend() == "cpu" and spec.get("tune_malloc", True):
     layers.tune_cpu_malloc()
@@ -67,6 +68,7 @@ def _build(spec: dict):
   compiled = step.lower(holder["state"], labels, x, y, new_idx(), key,
                         {}).compile()
   compile_s = time.perf_counter() - t
+  xla_options.release_host_memory()  # as train.py does after compiling.
 
   def run_once() -> float:
     """One outer step on a fresh real batch; returns its seconds."""

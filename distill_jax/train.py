@@ -38,6 +38,7 @@ from distill_jax import outer
 from distill_jax import progress as progress_lib
 from distill_jax import storage
 from distill_jax import viz
+from distill_jax import xla_options
 
 # Fields that may differ between an interrupted run and its resumption: they
 # change when the run stops, what it logs, or how (not what) it computes.
@@ -176,6 +177,11 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
                               time_budget_s=cfg.time_budget_s)
   t0 = time.time() - elapsed  # wall time counts across resumes.
   step = start
+  if step < total:  # compile now, then return the compiler's freed memory.
+    xla_options.precompile(
+        outer_step, state, labels, x_train, y_train,
+        batch_indices(cfg.seed, step, n_train, cfg.real_batch), k_steps,
+        source)
   with open(metrics_path, "a") as log:
     while step < total:
       idx = batch_indices(cfg.seed, step, n_train, cfg.real_batch)
