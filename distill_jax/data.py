@@ -139,12 +139,10 @@ def normalize(x, mean, std) -> np.ndarray:
     float32 array ``(x01 - mean) / std``.
   """
   x = np.asarray(x)
+  out = x.astype(np.float32)  # a copy: the caller's array is left alone.
   if np.issubdtype(x.dtype, np.integer):
-    x = x.astype(np.float32)
-    x /= 255.0
-  else:
-    x = x.astype(np.float32)  # a copy: the caller's array is left alone.
-  return _normalize_inplace(x, mean, std)
+    out /= 255.0
+  return _normalize_inplace(out, mean, std)
 
 
 ALIGN = 64  # bytes; XLA:CPU shares (does not copy) arrays aligned to this.

@@ -12,7 +12,6 @@ Both are vmapped over initialisations, in chunks to bound memory, and return
 one accuracy per network so callers report mean +- std.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,6 @@ the poisoning experiment (a distribution of well-trained classifiers).
 """
 
 import dataclasses
-import functools
 import os
 import time
 

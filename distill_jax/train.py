@@ -167,6 +167,7 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
 
   x_train = jax.device_put(ds.x_train)
   y_train = jnp.asarray(ds.y_train)
+  x_val, y_val = jax.device_put(ds.x_val), jnp.asarray(ds.y_val)
   val_params0 = inits.heldout(cfg.init_mode, source, model.init, k_val,
                               cfg.val_inits)
   best_path = os.path.join(workdir, "best_val.npz")
@@ -194,8 +195,7 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
           acc = evaluate.replay_accuracy(
               model.apply, val_params0, state.learned, labels,
-              jax.device_put(ds.x_val), jnp.asarray(ds.y_val),
-              epochs=cfg.epochs, batch=cfg.eval_batch)
+              x_val, y_val, epochs=cfg.epochs, batch=cfg.eval_batch)
           rec["val_acc"] = float(acc.mean())
           if cfg.select_on_val and (best is None or
                                     rec["val_acc"] > best["val_acc"]):

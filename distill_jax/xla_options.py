@@ -5,8 +5,8 @@ fusion emitters turned off (`xla_cpu_use_fusion_emitters=False`): the
 emitters' MLIR pipeline took ~540 MiB of compiler working memory for the
 RaT-BPTT reference-setting step and ~420 MiB for the DD LeNet step, which
 the process then keeps; without them the peak resident memory of those
-benchmarks drops from ~1.2 GiB to 0.6-0.75 GiB at the same step time
-(BUILD.md, "Memory"). GPU and TPU compile with XLA's defaults.
+benchmarks dropped from ~1.2 GiB to 0.65-0.75 GiB at the same step time
+(BUILD.md, Benchmarks). GPU and TPU compile with XLA's defaults.
 
 `CPU` can be edited (or emptied) before the steps are built, or set
 `DISTILL_JAX_XLA_DEFAULTS=1` to compare against XLA's defaults.
