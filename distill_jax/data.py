@@ -42,6 +42,7 @@ import os
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 ENV_DATA_DIR = 'DISTILL_JAX_DATA_DIR'
@@ -76,11 +77,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-  """A classification dataset as normalised NHWC float32 arrays.
+  """A classification dataset as NHWC numpy arrays.
 
   Attributes:
     name: dataset name, e.g. ``'mnist'``.
-    x_train: float32 (N, H, W, C), normalised as ``(x / 255 - mean) / std``.
+    x_train: float32 (N, H, W, C), normalised as ``(x / 255 - mean) / std``;
+      or, loaded with ``pixels='uint8'``, the stored uint8 pixels (same for
+      ``x_val`` and ``x_test``; normalise with `decode`).
     y_train: int32 (N,).
     x_val: validation images held out from the train split (may be empty).
     y_val: validation labels.
@@ -109,6 +112,12 @@ class Dataset:
   def image_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of one image."""
     return tuple(self.x_train.shape[1:])
+
+  @property
+  def pixels(self) -> str:
+    """'uint8' if the images are stored pixels (see `decode`), else
+    'float32'."""
+    return 'uint8' if self.x_train.dtype == np.uint8 else 'float32'
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -175,6 +184,36 @@ def _normalize_inplace(x: np.ndarray, mean, std) -> np.ndarray:
   x -= np.asarray(mean, np.float32)
   x /= np.asarray(std, np.float32)
   return x
+
+
+PIXELS = ('float32', 'uint8')
+
+
+def decode(x, mean, std):
+  """uint8 pixels -> normalised float32, ``(x / 255 - mean) / std``.
+
+  Works on numpy arrays and (inside ``jit``) on JAX arrays, so splits can be
+  kept as uint8 (a quarter of the memory) and normalised per batch where
+  they are used; float arrays are returned unchanged. The values are
+  bit-identical to `load`'s float32 path: each of the 256 levels is
+  normalised once on the host (a (256, C) table) and the pixels index it.
+
+  Args:
+    x: images (..., C), uint8 (0..255) or already-normalised floats.
+    mean: per-channel mean in [0, 1] units.
+    std: per-channel std in [0, 1] units.
+
+  Returns:
+    float32 normalised images (``x`` itself if it is not uint8).
+  """
+  if x.dtype != np.uint8:
+    return x
+  c = x.shape[-1]
+  levels = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, c))
+  table = normalize(levels, mean, std)
+  if isinstance(x, jax.Array):
+    return jnp.asarray(table)[x.astype(jnp.int32), jnp.arange(c)]
+  return table[x, np.arange(c)]
 
 
 def denormalize(x, mean, std) -> np.ndarray:
@@ -436,10 +475,17 @@ def _train_stats(raw: _Raw) -> tuple[tuple[float, ...], tuple[float, ...]]:
   return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def clear_cache() -> None:
+  """Drops the in-process cache of raw uint8 splits (see `load`)."""
+  for cached in (_load_local, _load_online, _train_stats):
+    cached.cache_clear()
+
+
 def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
          seed: int = 0, image_size=None, train_limit: int | None = None,
-         download: bool = True, channels: int | None = None) -> Dataset:
-  """Loads a dataset as normalised float32 NHWC arrays.
+         download: bool = True, channels: int | None = None,
+         pixels: str = 'float32') -> Dataset:
+  """Loads a dataset as normalised float32 (or raw uint8) NHWC arrays.
 
   Args:
     name: one of `available()`.
@@ -459,6 +505,9 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
     channels: if 3 and the images are grayscale, replicate them to RGB (and
       the normalisation statistics with them), e.g. MNIST for SVHN-trained
       networks; None or the native count keeps the images as they are.
+    pixels: 'float32' (normalised) or 'uint8': the images as stored, a
+      quarter of the memory, normalised per batch with `decode(x, mean,
+      std)` (not combinable with ``image_size`` or ``channels``).
 
   Returns:
     A `Dataset`.
@@ -470,6 +519,12 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
   if name not in _SPECS:
     raise ValueError(f'Unknown dataset {name!r}; supported: '
                      f'{", ".join(available())}.')
+  if pixels not in PIXELS:
+    raise ValueError(f"pixels={pixels!r}: choose one of {list(PIXELS)}.")
+  if pixels == 'uint8' and (image_size is not None or channels):
+    raise ValueError("pixels='uint8' keeps the stored images; it cannot be "
+                     "combined with image_size or channels (use "
+                     "pixels='float32').")
   data_dir = data_dir or _default_data_dir()
   raw = _load_raw(name, manual_dir, data_dir, download)
   spec = _SPECS[name]
@@ -491,6 +546,10 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
     x_train, y_train = x_train[keep], y_train[keep]
 
   def prepare(x):  # uint8 -> normalised float32, one full-size array.
+    if pixels == 'uint8':  # an own copy: `raw` is the in-process cache.
+      out = aligned_empty(x.shape, np.uint8)
+      out[...] = x
+      return out
     out = aligned_empty(x.shape, np.float32)
     np.divide(x, np.float32(255.0), out=out)
     if image_size is not None:

@@ -12,11 +12,13 @@ Both are vmapped over initialisations, in chunks to bound memory, and return
 one accuracy per network so callers report mean +- std.
 """
 
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax import data
 from distill_jax import inner
 from distill_jax import meta
 from distill_jax import xla_options
@@ -28,9 +30,11 @@ def _chunks(tree, size: int):
     yield jax.tree.map(lambda a: a[start:start + size], tree)
 
 
-@xla_options.lazy_jit(static_argnames=("apply_fn", "batch"))
-def _accuracy_batched(apply_fn, params_batch, x, y, batch: int):
+@xla_options.lazy_jit(static_argnames=("apply_fn", "batch", "norm"))
+def _accuracy_batched(apply_fn, params_batch, x, y, batch: int, norm=None):
   """Accuracy of each network in `params_batch` on (x, y)."""
+  if norm is not None:  # uint8 pixels, normalised one batch at a time.
+    apply_fn = functools.partial(_apply_decoded, apply_fn, norm)
   n = x.shape[0] // batch * batch
   xb = x[:n].reshape(-1, batch, *x.shape[1:])
   yb = y[:n].reshape(-1, batch)
@@ -51,8 +55,12 @@ def _accuracy_batched(apply_fn, params_batch, x, y, batch: int):
   return jax.lax.map(one_net, params_batch)
 
 
+def _apply_decoded(apply_fn, norm, params, x):
+  return apply_fn(params, data.decode(x, *norm))
+
+
 def accuracy(apply_fn, params_batch, x, y, *, batch: int = 500,
-             chunk: int = 10) -> np.ndarray:
+             chunk: int = 10, norm=None) -> np.ndarray:
   """Per-network accuracy on the whole of (x, y).
 
   Args:
@@ -62,12 +70,20 @@ def accuracy(apply_fn, params_batch, x, y, *, batch: int = 500,
     y: integer labels (N,).
     batch: examples per forward pass.
     chunk: networks evaluated at once.
+    norm: (mean, std) if `x` holds uint8 pixels (`data.decode`).
 
   Returns:
     numpy array of accuracies in [0, 1], one per network.
   """
+  if x.dtype == np.uint8:
+    if norm is None:
+      raise ValueError("x holds uint8 pixels: pass norm=(mean, std) (the "
+                       "dataset's statistics) to normalise them.")
+    norm = tuple(tuple(float(v) for v in a) for a in norm)
+  else:
+    norm = None
   batch = min(batch, x.shape[0])
-  out = [np.asarray(_accuracy_batched(apply_fn, p, x, y, batch))
+  out = [np.asarray(_accuracy_batched(apply_fn, p, x, y, batch, norm))
          for p in _chunks(params_batch, chunk)]
   return np.concatenate(out)
 

@@ -190,19 +190,33 @@ class RatConfig:
 
 
 class Prepared(NamedTuple):
-  """Training arrays after the optional ZCA, shared by sub-runs."""
+  """Training arrays after the optional ZCA, shared by sub-runs.
+
+  Without ZCA the splits are the stored uint8 pixels (a quarter of the
+  memory of float32) and `norm` = (mean, std) normalises each batch where it
+  is used (`data.decode`, inside the jitted programs); with ZCA they are
+  whitened float32 and `norm` is None.
+  """
   ds: data.Dataset
   x_train: np.ndarray
   x_val: np.ndarray
   x_test: np.ndarray
   zca: zca_lib.Zca | None
+  norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+  def floats(self, x: np.ndarray) -> np.ndarray:
+    """One of the splits as normalised float32 (host baselines)."""
+    return x if self.norm is None else data.decode(x, *self.norm)
 
 
 def prepare(cfg: RatConfig, ds: data.Dataset | None = None,
             data_dir: str | None = None) -> Prepared:
   """Loads the dataset (unless given) and applies ZCA fitted on train."""
   if ds is None:
-    ds = train.load_data(cfg, data_dir)
+    ds = train.load_data(cfg, data_dir, pixels="float32" if (
+        cfg.zca or cfg.image_size) else "uint8")
+    data.clear_cache()  # ds holds its own copies; the raw cache is ~55 MB.
+    xla_options.release_host_memory()
   if not len(ds.y_val):
     raise ValueError("The dataset has no validation split; set val_size > 0.")
   if cfg.real_batch > len(ds.y_train):
@@ -211,11 +225,15 @@ def prepare(cfg: RatConfig, ds: data.Dataset | None = None,
   if cfg.task_sampler_nc > ds.num_classes:
     raise ValueError(f"task_sampler_nc={cfg.task_sampler_nc} exceeds the "
                      f"{ds.num_classes} classes of {ds.name}.")
+  norm = (tuple(ds.mean), tuple(ds.std))
   if not cfg.zca:
-    return Prepared(ds, ds.x_train, ds.x_val, ds.x_test, None)
-  z = zca_lib.fit(ds.x_train, cfg.zca_reg)
-  return Prepared(ds, zca_lib.apply(z, ds.x_train), zca_lib.apply(z, ds.x_val),
-                  zca_lib.apply(z, ds.x_test), z)
+    return Prepared(ds, ds.x_train, ds.x_val, ds.x_test, None,
+                    norm if ds.pixels == "uint8" else None)
+  x_train, x_val, x_test = (data.decode(x, *norm) for x in (
+      ds.x_train, ds.x_val, ds.x_test))
+  z = zca_lib.fit(x_train, cfg.zca_reg)
+  return Prepared(ds, zca_lib.apply(z, x_train), zca_lib.apply(z, x_val),
+                  zca_lib.apply(z, x_test), z)
 
 
 # ---------------------------------------------------------------- inner.
@@ -248,7 +266,15 @@ def empty_fixed(num_classes: int, image_shape) -> Support:
 
 def init_learned(key: jax.Array, cfg: RatConfig, num_classes: int,
                  image_shape) -> dict:
-  """Distilled images (unit-norm or N(0,1)), soft labels, per-step lrs."""
+  """Distilled images (unit-norm or N(0,1)), soft labels, per-step lrs.
+
+  One compiled program (eagerly, each operation would be an XLA:CPU
+  executable of its own, which together keep tens of MiB)."""
+  return _init_learned(key, cfg, int(num_classes), tuple(image_shape))
+
+
+@xla_options.lazy_jit(static_argnums=(1, 2, 3))
+def _init_learned(key, cfg, num_classes, image_shape):
   x = jax.random.normal(key, (num_classes, cfg.ipc, *image_shape))
   if cfg.image_init == "unit_norm":
     norm = jnp.sqrt(jnp.sum(x * x, axis=(2, 3, 4), keepdims=True))
@@ -406,7 +432,7 @@ def clip_by_ema(grad: jax.Array, ema: jax.Array, coef: float):
 
 
 def make_step(cfg: RatConfig, model: models.Model,
-              tx: optax.GradientTransformation, x_scale=None):
+              tx: optax.GradientTransformation, x_scale=None, norm=None):
   """The jitted outer step.
 
   `step(state, fixed, x_train, y_train, idx, key) -> (state, metrics)`:
@@ -415,6 +441,8 @@ def make_step(cfg: RatConfig, model: models.Model,
   computes the meta-gradient, clips, and applies the optimiser. `state` is
   donated. `x_scale` (C, P), if given, multiplies each learned image's (and
   soft label's) optimiser update (Boost-DD "slow": beta on earlier blocks).
+  `norm` = (mean, std) normalises a uint8 `x_train` batch after the gather
+  (`Prepared.norm`).
   """
   opt = build_opt(cfg)
 
@@ -426,8 +454,14 @@ def make_step(cfg: RatConfig, model: models.Model,
         window=cfg.window)
     keys = jax.random.split(jax.random.fold_in(k_inits, state.step),
                             cfg.num_inits)
+    real_x = x_train[idx]
+    if real_x.dtype == jnp.uint8:
+      if norm is None:
+        raise ValueError("x_train holds uint8 pixels: pass norm=(mean, std) "
+                         "(rat_bptt.Prepared.norm) to make_step.")
+      real_x = data.decode(real_x, *norm)
     loss, grads = meta_value_and_grad(
-        state.learned, fixed, keys, starts, x_train[idx], y_train[idx],
+        state.learned, fixed, keys, starts, real_x, y_train[idx],
         cfg=cfg, model=model, opt=opt)
     ema, gnorm = state.clip_ema, optax.tree.norm(grads["x"])
     if cfg.clip_coef > 0:

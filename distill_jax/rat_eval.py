@@ -29,11 +29,13 @@ EVAL_PROTOCOL = (
 
 
 def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
-  """Jitted `(params0 batch, keys, support, learned) -> params per budget`.
+  """Jitted `(init keys, train keys, support, learned) -> params per budget`.
 
-  Trains each fresh network with the inner optimiser (same subsampling and
-  augmentation) and returns parameters after every budget, stacked as
-  (len(eval_budgets), nets, ...).
+  Initialises one fresh network per init key, trains each with the inner
+  optimiser (same subsampling and augmentation) and returns parameters
+  after every budget, stacked as (len(eval_budgets), nets, ...). The
+  initialisation is part of the one program: run eagerly, `vmap(init)`
+  compiled dozens of small XLA:CPU executables that together kept ~130 MiB.
   """
   opt = rat_bptt.build_opt(cfg)
   step = functools.partial(rat_bptt.inner_step, cfg=cfg, apply_fn=model.apply,
@@ -42,7 +44,8 @@ def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
   bounds = np.stack([np.array((0, *cfg.eval_budgets[:-1])),
                      np.array(cfg.eval_budgets)], 1).astype(np.int32)
 
-  def train_one(params, key, sup, learned):
+  def train_one(k_init, key, sup, learned):
+    params = model.init(k_init)
     def segment(state, lo_hi):  # one loop body for every budget.
       state = jax.lax.fori_loop(
           lo_hi[0], lo_hi[1],
@@ -53,16 +56,16 @@ def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
     _, params_by_budget = jax.lax.scan(segment, state, jnp.asarray(bounds))
     return params_by_budget
 
-  def run_all(params0, keys, sup, learned):
-    out = jax.vmap(train_one, in_axes=(0, 0, None, None))(params0, keys, sup,
-                                                          learned)
+  def run_all(init_keys, keys, sup, learned):
+    out = jax.vmap(train_one, in_axes=(0, 0, None, None))(init_keys, keys,
+                                                          sup, learned)
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
   return xla_options.jit(run_all)
 
 
 def evaluate_set(cfg: rat_bptt.RatConfig, model: models.Model, eval_train,
                  key, sup: rat_bptt.Support, learned: dict, nets: int, val,
-                 test=None):
+                 test=None, norm=None):
   """Validation accuracy per budget; test accuracy at the chosen budget.
 
   Args:
@@ -75,24 +78,27 @@ def evaluate_set(cfg: rat_bptt.RatConfig, model: models.Model, eval_train,
     nets: number of fresh networks.
     val: (x, y) validation split.
     test: (x, y) test split, or None.
+    norm: (mean, std) when the splits hold uint8 pixels (`Prepared.norm`).
 
   Returns:
     dict with "val" (budgets, nets) accuracies, "budget" chosen on
     validation, and "test" (nets,) at that budget if `test` is given.
   """
   k_init, k_train = jax.random.split(key)
-  params0 = jax.vmap(model.init)(jax.random.split(k_init, nets))
-  params = eval_train(params0, jax.random.split(k_train, nets), sup, learned)
+  params = eval_train(jax.random.split(k_init, nets),
+                      jax.random.split(k_train, nets), sup, learned)
+  jax.block_until_ready(params)
+  xla_options.release_host_memory()  # its compiler's memory, if it compiled.
   val_acc = np.stack([
       evaluate.accuracy(model.apply, jax.tree.map(lambda a, i=i: a[i], params),
-                        val[0], val[1], batch=cfg.eval_batch)
+                        val[0], val[1], batch=cfg.eval_batch, norm=norm)
       for i in range(len(cfg.eval_budgets))])
   best = int(np.argmax(val_acc.mean(1)))
   out = {"val": val_acc, "budget": cfg.eval_budgets[best]}
   if test is not None:
     out["test"] = evaluate.accuracy(
         model.apply, jax.tree.map(lambda a: a[best], params), test[0], test[1],
-        batch=cfg.eval_batch)
+        batch=cfg.eval_batch, norm=norm)
   return out
 
 
@@ -105,7 +111,8 @@ def final_eval(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   res = evaluate_set(cfg, model, make_eval_train(cfg, model), key, sup,
                      learned, cfg.eval_nets,
                      (jax.device_put(prep.x_val), jnp.asarray(ds.y_val)),
-                     (jax.device_put(prep.x_test), jnp.asarray(ds.y_test)))
+                     (jax.device_put(prep.x_test), jnp.asarray(ds.y_test)),
+                     norm=prep.norm)
   return {
       "test_acc": evaluate.summary(res["test"]),
       "selected_budget": res["budget"],

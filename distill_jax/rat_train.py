@@ -31,6 +31,7 @@ from distill_jax import viz
 from distill_jax import xla_options
 from distill_jax import zca as zca_lib
 
+_support = xla_options.lazy_jit(rat_bptt.support)
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_nets",
                 "val_nets", "eval_batch", "eval_every", "real_chunk")
 
@@ -81,11 +82,15 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   k_data, k_steps, k_val = jax.random.split(key, 3)
   fixed = fixed or rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)
   tx = rat_bptt.outer_optimizer(cfg)
+  # Set-up as one program each: on XLA:CPU every eagerly run operation is
+  # an executable of its own, and dozens of them kept ~60 MiB.
   if init is None:
     init = rat_bptt.init_learned(k_data, cfg, ds.num_classes, ds.image_shape)
-  state = rat_bptt.init_state(jax.tree.map(jnp.asarray, init), tx)
+  state = xla_options.jit(lambda l: rat_bptt.init_state(l, tx))(
+      jax.tree.map(jnp.asarray, init))
   outer_step = rat_bptt.make_step(
-      cfg, model, tx, None if x_scale is None else jnp.asarray(x_scale))
+      cfg, model, tx, None if x_scale is None else jnp.asarray(x_scale),
+      norm=prep.norm)
   eval_train = rat_eval.make_eval_train(cfg, model)
   host = functools.partial(jax.tree.map, np.asarray)
   ckpt = {"state": state, "best": host(state.learned),
@@ -109,8 +114,9 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
 
   def candidate(rec):
     res = rat_eval.evaluate_set(cfg, model, eval_train, k_val,
-                                rat_bptt.support(state.learned, fixed),
-                                state.learned, cfg.val_nets, val)
+                                _support(state.learned, fixed),
+                                state.learned, cfg.val_nets, val,
+                                norm=prep.norm)
     xla_options.release_host_memory()  # the evaluation's compiler memory.
     score = float(res["val"].mean(1).max())
     rec["val_acc"] = round(100 * score, 3)
@@ -238,8 +244,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
   if out["interrupted"]:
     return {"interrupted_at": out["outer_steps"]}
   learned = out["learned"]
-  sup = rat_bptt.support(
-      learned, rat_bptt.empty_fixed(ds.num_classes, ds.image_shape))
+  sup = _support(learned, rat_bptt.empty_fixed(ds.num_classes, ds.image_shape))
   result = rat_eval.final_eval(cfg, prep, model, k_eval, sup, learned)
   path = save(cfg, prep, workdir, learned["x"], sup.y, learned,
               {"dataset": ds.name, "arch": cfg.arch, "method": "rat_bptt",

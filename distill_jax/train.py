@@ -48,11 +48,13 @@ _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
                 "select_on_val")
 
 
-def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None):
+def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None,
+              pixels: str = "float32"):
   return data.load(cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size,
                    seed=cfg.seed, image_size=cfg.image_size or None,
                    train_limit=cfg.train_limit or None,
-                   channels=getattr(cfg, "channels", 0) or None)
+                   channels=getattr(cfg, "channels", 0) or None,
+                   pixels=pixels)
 
 
 def init_source(cfg: config_lib.DistillConfig, model: models.Model,

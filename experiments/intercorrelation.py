@@ -138,7 +138,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
           rat_eval.make_eval_train(cfg, model),
           jax.random.fold_in(jax.random.key(cfg.seed), 1000 + 10 * b + d),
           sup, learned, cfg.eval_nets,
-          (prep.x_val, ds.y_val), (prep.x_test, ds.y_test))
+          (prep.x_val, ds.y_val), (prep.x_test, ds.y_test), norm=prep.norm)
       accs.append(res["test"])
     subset[b] = evaluate.summary(np.concatenate(accs))
 

@@ -133,13 +133,14 @@ def baseline_sets(method: str, prep: rat_bptt.Prepared, cfg, draws: int):
   shape = (c, cfg.ipc, *ds.image_shape)
   if method == "random_real":
     key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
-    return [baselines.random_real(jax.random.fold_in(key, d), prep.x_train,
+    x_train = prep.floats(prep.x_train)
+    return [baselines.random_real(jax.random.fold_in(key, d), x_train,
                                   ds.y_train, num_classes=c, steps=1,
                                   per_class=cfg.ipc)[0].reshape(shape)
             for d in range(draws)]
   if method == "kmeans":
-    return [baselines.kmeans(prep.x_train, ds.y_train, num_classes=c, steps=1,
-                             per_class=cfg.ipc,
+    return [baselines.kmeans(prep.floats(prep.x_train), ds.y_train,
+                             num_classes=c, steps=1, per_class=cfg.ipc,
                              seed=cfg.seed)[0].reshape(shape)]
   raise ValueError(f"{method!r} is not a baseline; choose random_real or "
                    "kmeans.")
@@ -158,7 +159,7 @@ def evaluate_baseline(method: str, cfg, prep, draws: int) -> dict:
         learned, rat_bptt.empty_fixed(ds.num_classes, ds.image_shape))
     res = rat_eval.evaluate_set(cfg, model, eval_train, k_eval, sup, learned,
                                 cfg.eval_nets, (prep.x_val, ds.y_val),
-                                (prep.x_test, ds.y_test))
+                                (prep.x_test, ds.y_test), norm=prep.norm)
     tests.append(res["test"])
     vals.append(res["val"])
     chosen.append(res["budget"])

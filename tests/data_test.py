@@ -358,3 +358,62 @@ def test_aligned_helpers():
   ro = data.aligned_empty((4,), np.float32)
   ro.flags.writeable = False
   assert data.as_aligned(ro) is not ro
+
+
+def test_uint8_pixels_decode_bit_identical(tmp_path):
+  """pixels='uint8' keeps the stored pixels (a quarter of the memory);
+  `decode` on the host and inside jit gives exactly the float32 splits."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  _write_fake_mnist(tmp_path / 'manual' / 'mnist')
+  kw = dict(manual_dir=str(tmp_path / 'manual'),
+            data_dir=str(tmp_path / 'tfds'), val_size=10)
+  f = data.load('mnist', **kw)
+  u = data.load('mnist', pixels='uint8', **kw)
+  assert (u.pixels, f.pixels) == ('uint8', 'float32')
+  decode = jax.jit(lambda x, i: data.decode(x[i], u.mean, u.std))
+  for xu, xf in ((u.x_train, f.x_train), (u.x_val, f.x_val),
+                 (u.x_test, f.x_test)):
+    assert xu.dtype == np.uint8 and xu.ctypes.data % data.ALIGN == 0
+    np.testing.assert_array_equal(data.decode(xu, u.mean, u.std), xf)
+    idx = jnp.arange(len(xu))[::-1]
+    np.testing.assert_array_equal(
+        np.asarray(decode(jax.device_put(xu), idx)), xf[::-1])
+  np.testing.assert_array_equal(u.y_train, f.y_train)
+  assert data.decode(f.x_test, f.mean, f.std) is f.x_test  # floats pass.
+  rgb = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), np.uint8)
+  m, s = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+  np.testing.assert_array_equal(data.decode(rgb, m, s),
+                                data.normalize(rgb, m, s))
+  np.testing.assert_array_equal(
+      np.asarray(jax.jit(lambda x: data.decode(x, m, s))(rgb)),
+      data.normalize(rgb, m, s))
+
+
+def test_uint8_pixels_errors(tmp_path):
+  _write_fake_mnist(tmp_path / 'manual' / 'mnist')
+  kw = dict(manual_dir=str(tmp_path / 'manual'),
+            data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(ValueError, match='pixels='):
+    data.load('mnist', pixels='int8', **kw)
+  with pytest.raises(ValueError, match='image_size or channels'):
+    data.load('mnist', pixels='uint8', image_size=16, **kw)
+  with pytest.raises(ValueError, match='image_size or channels'):
+    data.load('mnist', pixels='uint8', channels=3, **kw)
+
+
+def test_clear_cache_rereads(tmp_path, monkeypatch):
+  _write_fake_mnist(tmp_path / 'manual' / 'mnist')
+  kw = dict(manual_dir=str(tmp_path / 'manual'),
+            data_dir=str(tmp_path / 'tfds'))
+  first = data.load('mnist', **kw)
+  calls = []
+  real = data._from_builder
+  monkeypatch.setattr(data, '_from_builder',
+                      lambda *a: calls.append(1) or real(*a))
+  data.load('mnist', **kw)
+  assert not calls  # cached.
+  data.clear_cache()
+  again = data.load('mnist', **kw)
+  assert calls == [1]
+  np.testing.assert_array_equal(first.x_train, again.x_train)

@@ -19,12 +19,13 @@ def fake_data(tmp_path_factory):
   return test_utils.write_fake_datasets(str(root))
 
 
-def _run(module, args, data_dir, tmp_path, check=True):
+def _run(module, args, data_dir, tmp_path, check=True, extra_env=None):
   # Smoke runs take seconds of compute; most of their time is XLA
   # compilation, which this flag cuts (numerics are not under test here).
   env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
              JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
   env.pop("DISTILL_JAX_DATA_DIR", None)
+  env.update(extra_env or {})
   cmd = [sys.executable, "-m", f"experiments.{module}",
          f"--workdir={tmp_path / 'wd'}", f"--data_dir={data_dir}",
          "--noprogress", *args]
@@ -77,6 +78,14 @@ def test_bad_flags(args, message, fake_data, tmp_path):
               tmp_path, check=False)
   assert proc.returncode != 0
   assert message in proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_bad_malloc_arenas_env(fake_data, tmp_path):
+  proc = _run("dd_mnist_random", ["--preset=smoke"], fake_data, tmp_path,
+              check=False, extra_env={"DISTILL_JAX_MALLOC_ARENAS": "lots"})
+  assert proc.returncode == 2
+  assert "DISTILL_JAX_MALLOC_ARENAS='lots'" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax import data
+from distill_jax import evaluate
 from distill_jax import models
 from distill_jax import rat_bptt
 from tests import test_utils  # pylint: disable=unused-import
@@ -132,6 +134,49 @@ class MetaLossTest(absltest.TestCase):
     self.assertLess(float(state.learned["y"].min()), 1e-6)  # clipping bit.
     self.assertEqual(int(state.step), 4)
     chex.assert_tree_all_finite(state.learned)
+
+
+class PixelsTest(absltest.TestCase):
+
+  def test_uint8_real_data_matches_float(self):
+    """uint8 splits normalised inside the step (`norm`) give the same
+    outer step as the float32 splits; without `norm` a clear error."""
+    cfg = _cfg(truncation="random")
+    model, learned, _, ry = _problem(cfg)
+    norm = ((0.3,), (0.2,))
+    xu = np.random.default_rng(0).integers(
+        0, 256, (cfg.real_batch, *SHAPE), np.uint8)
+    xf = data.normalize(xu, *norm)
+    tx = rat_bptt.outer_optimizer(cfg)
+    fixed = rat_bptt.empty_fixed(C, SHAPE)
+    idx = jnp.arange(cfg.real_batch)[::-1]
+    fresh = lambda: jax.tree.map(jnp.array, learned)  # the step donates.
+    out = []
+    for x, kw in ((xf, {}), (xu, {"norm": norm})):
+      step = rat_bptt.make_step(cfg, model, tx, **kw)
+      state, m = step(rat_bptt.init_state(fresh(), tx), fixed,
+                      jax.device_put(x), ry, idx, jax.random.key(5))
+      out.append((state.learned["x"], m["loss"]))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    step = rat_bptt.make_step(cfg, model, tx)
+    with self.assertRaisesRegex(ValueError, "norm="):
+      step(rat_bptt.init_state(fresh(), tx), fixed, jax.device_put(xu), ry,
+           idx, jax.random.key(5))
+
+  def test_accuracy_on_uint8(self):
+    cfg = _cfg()
+    model = models.build(cfg, SHAPE, C)
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(0), 2))
+    norm = ((0.3,), (0.2,))
+    xu = np.random.default_rng(1).integers(0, 256, (37, *SHAPE), np.uint8)
+    y = np.random.default_rng(2).integers(0, C, 37).astype(np.int32)
+    ref = evaluate.accuracy(model.apply, params, data.normalize(xu, *norm), y,
+                            batch=8)
+    got = evaluate.accuracy(model.apply, params, xu, y, batch=8, norm=norm)
+    np.testing.assert_array_equal(ref, got)
+    with self.assertRaisesRegex(ValueError, "norm="):
+      evaluate.accuracy(model.apply, params, xu, y, batch=8)
 
 
 class ClipTest(absltest.TestCase):

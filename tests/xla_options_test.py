@@ -1,5 +1,9 @@
 """XLA compile options: same results, options applied on CPU, no recompiles."""
 
+import platform
+import subprocess
+import sys
+
 from absl.testing import absltest
 import chex
 import jax
@@ -55,6 +59,16 @@ class XlaOptionsTest(absltest.TestCase):
     self.assertEqual(f._cache_size(), 1)  # pylint: disable=protected-access
     self.assertEqual(f.__name__, "f")
     xla_options.release_host_memory()  # no error where glibc is absent.
+
+  def test_limit_malloc_arenas(self):
+    # In a child process: the cap is process-wide.
+    code = ("from distill_jax import xla_options as x; "
+            "print(x.limit_malloc_arenas(0), x.limit_malloc_arenas(1))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout.split()
+    self.assertEqual(out[0], "False")
+    self.assertEqual(out[1], "True" if platform.libc_ver()[0] == "glibc"
+                     else out[1])
 
 
 if __name__ == "__main__":
