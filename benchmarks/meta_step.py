@@ -88,6 +88,8 @@ def _build(spec: dict):
 def measure(spec: dict) -> dict:
   """Runs one configuration in this process and returns its figures."""
   import jax  # pylint: disable=g-import-not-at-top
+  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
+  xla_options.limit_malloc_arenas_from_env()  # as the command-line jobs.
   if "compare_inits" in spec:
     return measure_ratio(spec)
   run_once, info = _build(spec)

@@ -46,6 +46,7 @@ def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
 
   def train_one(k_init, key, sup, learned):
     params = model.init(k_init)
+
     def segment(state, lo_hi):  # one loop body for every budget.
       state = jax.lax.fori_loop(
           lo_hi[0], lo_hi[1],
@@ -57,8 +58,15 @@ def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
     return params_by_budget
 
   def run_all(init_keys, keys, sup, learned):
-    out = jax.vmap(train_one, in_axes=(0, 0, None, None))(init_keys, keys,
-                                                          sup, learned)
+    if jax.default_backend() == "cpu":
+      # One network after another: on XLA:CPU a vmap over 8 ConvNet-3 w128
+      # (1,000 steps) kept 8x the activations (XLA temporaries 303 vs 42
+      # MiB) and was slower (108 vs 95 s); BUILD.md, Benchmarks.
+      out = jax.lax.map(lambda k: train_one(*k, sup, learned),
+                        (init_keys, keys))
+    else:  # GPU/TPU: the nets' small batches in parallel.
+      out = jax.vmap(train_one, in_axes=(0, 0, None, None))(
+          init_keys, keys, sup, learned)
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
   return xla_options.jit(run_all)
 

@@ -106,6 +106,25 @@ def limit_malloc_arenas(n: int = 1) -> bool:
   return bool(mallopt(M_ARENA_MAX, int(n)))
 
 
+ENV_MALLOC_ARENAS = "DISTILL_JAX_MALLOC_ARENAS"
+
+
+def limit_malloc_arenas_from_env(default: int = 1) -> int:
+  """`limit_malloc_arenas` with the count from env DISTILL_JAX_MALLOC_ARENAS
+  (else `default`; 0 keeps glibc's default). Returns the count applied.
+
+  Raises:
+    ValueError: the variable is not a non-negative integer.
+  """
+  value = os.environ.get(ENV_MALLOC_ARENAS, str(default)).strip()
+  if not value.isdigit():
+    raise ValueError(f"{ENV_MALLOC_ARENAS}={value!r} must be a number of "
+                     "glibc malloc arenas (0 = glibc's default).")
+  n = int(value)
+  limit_malloc_arenas(n)
+  return n
+
+
 def precompile(jitted, *args, **kwargs) -> None:
   """Compiles `jitted` for these arguments (later calls reuse it), then
   releases the compiler's freed memory. Arguments are not consumed."""

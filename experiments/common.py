@@ -85,13 +85,11 @@ def run_and_report(run_fn, cfg, workdir: str, **kwargs) -> dict:
   from distill_jax import data  # pylint: disable=g-import-not-at-top
   from distill_jax import storage  # pylint: disable=g-import-not-at-top
   from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
-  arenas = os.environ.get("DISTILL_JAX_MALLOC_ARENAS", "1")
-  if not arenas.isdigit():
-    sys.stderr.write(f"\nerror: DISTILL_JAX_MALLOC_ARENAS={arenas!r} must be "
-                     "a number of glibc malloc arenas (0 = glibc's default)."
-                     "\n")
+  try:
+    xla_options.limit_malloc_arenas_from_env()
+  except ValueError as e:
+    sys.stderr.write(f"\nerror: {e}\n")
     sys.exit(2)
-  xla_options.limit_malloc_arenas(int(arenas))
   try:
     report = run_fn(cfg, workdir, **kwargs)
   except (data.DatasetNotFoundError, storage.DistilledFileError) as e:

@@ -14,6 +14,7 @@ from distill_jax import data
 from distill_jax import evaluate
 from distill_jax import models
 from distill_jax import rat_bptt
+from distill_jax import rat_eval
 from tests import test_utils  # pylint: disable=unused-import
 
 SHAPE, C = (4, 4, 1), 3
@@ -177,6 +178,33 @@ class PixelsTest(absltest.TestCase):
     np.testing.assert_array_equal(ref, got)
     with self.assertRaisesRegex(ValueError, "norm="):
       evaluate.accuracy(model.apply, params, xu, y, batch=8)
+
+
+class EvalTrainTest(absltest.TestCase):
+
+  def test_matches_python_loop_per_net_and_budget(self):
+    """Fresh nets (initialised inside the program, one after another on
+    CPU) equal a Python loop of inner steps, at every budget."""
+    cfg = _cfg(eval_budgets=(2, 5), syn_aug="flip_rotate")
+    model, learned, _, _ = _problem(cfg)
+    sup = rat_bptt.support(learned, rat_bptt.empty_fixed(C, SHAPE))
+    k_init = jax.random.split(jax.random.key(3), 2)
+    k_train = jax.random.split(jax.random.key(4), 2)
+    got = rat_eval.make_eval_train(cfg, model)(k_init, k_train, sup, learned)
+    chex.assert_tree_shape_prefix(got, (2, 2))  # (budgets, nets).
+    opt = rat_bptt.build_opt(cfg)
+    step = jax.jit(functools.partial(rat_bptt.inner_step, cfg=cfg,
+                                     apply_fn=model.apply, opt=opt))
+    for n in range(2):
+      p = model.init(k_init[n])
+      state = rat_bptt.InnerState(p, opt.tx.init(p))
+      for t in range(5):
+        state = step(state, t, k_train[n], sup, cfg.inner_lr)
+        if t + 1 in cfg.eval_budgets:
+          b = cfg.eval_budgets.index(t + 1)
+          chex.assert_trees_all_close(
+              jax.tree.map(lambda a, b=b, n=n: a[b, n], got), state.params,
+              rtol=1e-5, atol=1e-6)
 
 
 class ClipTest(absltest.TestCase):
