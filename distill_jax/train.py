@@ -3,7 +3,7 @@
 It loads data, builds the model and the jitted outer step, then loops:
 real-batch indices from a per-epoch permutation seeded by (seed, epoch), PRNG
 keys folded from the step number, metrics to `metrics.jsonl`, periodic
-validation and orbax checkpoints. Both the batch order and the keys depend
+validation and checkpoints (`checkpoint`). Both the batch order and the keys depend
 only on the seed and the step, so `resume=True` continues to the same result
 as an uninterrupted run. No flags, no globals.
 

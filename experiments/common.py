@@ -80,7 +80,7 @@ def config_from_flags(presets: dict, cfg_cls=config_lib.DistillConfig):
 
 def run_and_report(run_fn, cfg, workdir: str, **kwargs) -> dict:
   """Runs `run_fn(cfg, workdir, ...)`, turning user errors into messages."""
-  if not FLAGS["verbosity"].present:  # Keep library INFO logs (orbax) quiet.
+  if not FLAGS["verbosity"].present:  # Keep library INFO logs quiet.
     logging.set_verbosity(logging.WARNING)
   from distill_jax import data  # pylint: disable=g-import-not-at-top
   from distill_jax import storage  # pylint: disable=g-import-not-at-top
