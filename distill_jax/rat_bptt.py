@@ -273,7 +273,7 @@ def init_learned(key: jax.Array, cfg: RatConfig, num_classes: int,
   return _init_learned(key, cfg, int(num_classes), tuple(image_shape))
 
 
-@xla_options.lazy_jit(static_argnums=(1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))  # also nests in jit.
 def _init_learned(key, cfg, num_classes, image_shape):
   x = jax.random.normal(key, (num_classes, cfg.ipc, *image_shape))
   if cfg.image_init == "unit_norm":

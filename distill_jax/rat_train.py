@@ -31,7 +31,7 @@ from distill_jax import viz
 from distill_jax import xla_options
 from distill_jax import zca as zca_lib
 
-_support = xla_options.lazy_jit(rat_bptt.support)
+_support = jax.jit(rat_bptt.support)  # one program, not eager operations.
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_nets",
                 "val_nets", "eval_batch", "eval_every", "real_chunk")
 

@@ -233,6 +233,13 @@ class ConfigTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError, msg):
         dataclasses.replace(_cfg(), **kw).validate()
 
+  def test_init_learned_inside_jit(self):
+    cfg = _cfg(learn_labels=True)
+    got = jax.jit(lambda k: rat_bptt.init_learned(k, cfg, C, SHAPE))(
+        jax.random.key(0))
+    want = rat_bptt.init_learned(jax.random.key(0), cfg, C, list(SHAPE))
+    chex.assert_trees_all_close(got, want)
+
   def test_unit_norm_init(self):
     cfg = _cfg()
     x = rat_bptt.init_learned(jax.random.key(0), cfg, C, SHAPE)["x"]
