@@ -87,9 +87,10 @@ def _build(spec: dict):
 
 def measure(spec: dict) -> dict:
   """Runs one configuration in this process and returns its figures."""
+  sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
-  xla_options.limit_malloc_arenas_from_env()  # as the command-line jobs.
+  xla_options.limit_malloc_arenas_from_env(0)  # as the DD command lines.
   if "compare_inits" in spec:
     return measure_ratio(spec)
   run_once, info = _build(spec)

@@ -43,7 +43,7 @@ def measure(spec: dict) -> dict:
   from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
   from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
 
-  xla_options.limit_malloc_arenas_from_env()  # as the command-line jobs.
+  xla_options.limit_malloc_arenas_from_env(1)  # as the RaT command lines.
   shape, classes = tuple(spec.pop("shape")), 10
   runs = spec.pop("runs")
   name = spec.pop("name")

@@ -91,10 +91,12 @@ def limit_malloc_arenas(n: int = 1) -> bool:
   arena, and memory freed in one (the compiler's) is not reused by the
   others, so the process keeps more resident memory than it uses. One arena
   lowered the peak of the RaT-BPTT reference-setting job from 677 to 594
-  MiB at the same step time (BUILD.md, Benchmarks). The command-line entry
-  points call this before JAX starts its threads (env
-  DISTILL_JAX_MALLOC_ARENAS, 0 = glibc's default); a library import does
-  not. Returns False where glibc's `mallopt` is unavailable.
+  MiB at the same step time, but made the small DD LeNet step 3-7% slower
+  (BUILD.md, Benchmarks). So the RaT-BPTT command-line entry points call
+  this with n = 1 before JAX starts its threads, the DD ones keep glibc's
+  default (env DISTILL_JAX_MALLOC_ARENAS overrides both; 0 = glibc's
+  default); a library import does not. Returns False where glibc's
+  `mallopt` is unavailable.
   """
   if n <= 0:
     return False

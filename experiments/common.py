@@ -78,15 +78,21 @@ def config_from_flags(presets: dict, cfg_cls=config_lib.DistillConfig):
     raise app.UsageError(str(e)) from e
 
 
-def run_and_report(run_fn, cfg, workdir: str, **kwargs) -> dict:
-  """Runs `run_fn(cfg, workdir, ...)`, turning user errors into messages."""
+def run_and_report(run_fn, cfg, workdir: str, *, malloc_arenas: int = 0,
+                   **kwargs) -> dict:
+  """Runs `run_fn(cfg, workdir, ...)`, turning user errors into messages.
+
+  `malloc_arenas` caps glibc's malloc arenas first (0: glibc's default;
+  env DISTILL_JAX_MALLOC_ARENAS overrides; see
+  `xla_options.limit_malloc_arenas`).
+  """
   if not FLAGS["verbosity"].present:  # Keep library INFO logs quiet.
     logging.set_verbosity(logging.WARNING)
   from distill_jax import data  # pylint: disable=g-import-not-at-top
   from distill_jax import storage  # pylint: disable=g-import-not-at-top
   from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
   try:
-    xla_options.limit_malloc_arenas_from_env()
+    xla_options.limit_malloc_arenas_from_env(malloc_arenas)
   except ValueError as e:
     sys.stderr.write(f"\nerror: {e}\n")
     sys.exit(2)
