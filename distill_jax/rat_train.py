@@ -3,9 +3,10 @@
 `distill` runs the outer loop for one block of learned images (Boost-DD
 calls it once per block): real batches and PRNG keys depend only on the seed
 and the outer step, candidates are scored on the validation split every
-`eval_every` steps (`rat_eval`), and checkpoints (`checkpoint`) hold the outer state
-and the best candidate, so a resumed run reaches the same result as an
-uninterrupted one. `run` adds the final evaluation and writes the outputs.
+`eval_every` steps (`rat_eval`), and checkpoints (`checkpoint`) hold the
+outer state and the best candidate, so a resumed run reaches the same
+result as an uninterrupted one. `run` adds the final evaluation and writes
+the outputs.
 """
 
 import dataclasses

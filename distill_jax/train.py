@@ -3,9 +3,9 @@
 It loads data, builds the model and the jitted outer step, then loops:
 real-batch indices from a per-epoch permutation seeded by (seed, epoch), PRNG
 keys folded from the step number, metrics to `metrics.jsonl`, periodic
-validation and checkpoints (`checkpoint`). Both the batch order and the keys depend
-only on the seed and the step, so `resume=True` continues to the same result
-as an uninterrupted run. No flags, no globals.
+validation and checkpoints (`checkpoint`). Both the batch order and the
+keys depend only on the seed and the step, so `resume=True` continues to the
+same result as an uninterrupted run. No flags, no globals.
 
 With `eval_every > 0` the distilled set is evaluated on the validation split
 (held out from the training set) every `eval_every` steps; with
