@@ -72,13 +72,20 @@ def lazy_jit(fun: Callable | None = None, **kwargs):
   return _LazyJit(fun, kwargs)
 
 
+def _glibc(name: str):
+  """The C library's function `name`, or None (no glibc, e.g. macOS/musl)."""
+  try:
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"),
+                   name)
+  except (OSError, AttributeError):
+    return None
+
+
 def release_host_memory() -> None:
   """Returns free heap pages to the OS (glibc `malloc_trim`; else a no-op)."""
-  try:
-    trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-  except (OSError, AttributeError):
-    return
-  trim(0)
+  trim = _glibc("malloc_trim")
+  if trim is not None:
+    trim(0)
 
 
 M_ARENA_MAX = -8  # glibc mallopt parameter.
@@ -98,12 +105,8 @@ def limit_malloc_arenas(n: int = 1) -> bool:
   default); a library import does not. Returns False where glibc's
   `mallopt` is unavailable.
   """
-  if n <= 0:
-    return False
-  try:
-    mallopt = ctypes.CDLL(ctypes.util.find_library("c") or
-                          "libc.so.6").mallopt
-  except (OSError, AttributeError):
+  mallopt = _glibc("mallopt")
+  if n <= 0 or mallopt is None:
     return False
   return bool(mallopt(M_ARENA_MAX, int(n)))
 
