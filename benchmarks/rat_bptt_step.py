@@ -9,7 +9,10 @@ Configurations (each in its own process, so peak RSS is its own):
     machine: 1.36 s/step, 2.3 GiB (PERFORMANCE.md);
   * ref_cifar10: CIFAR-10 recipe, window 60 of 200, Adam 1e-3, real batch
     5000, IPC 10 (10 per class per step), 1 init. Reference: 28.5 s/step,
-    14.0 GiB.
+    14.0 GiB;
+  * gpu_fashion_ipc1 / gpu_fashion_ipc10: the Fashion-MNIST GPU presets
+    (window 60 of 200, Adam 1e-3, IPC images per class per step, real batch
+    1000 / 5000), to know what their 12,000 outer steps cost on a CPU.
 The sweeps use the Fashion-MNIST shapes of ref_fashion. Random data of the
 right shapes is used (cost does not depend on pixel values).
 
@@ -157,6 +160,15 @@ def configs(runs: int, quick: bool) -> list[dict]:
                 "ipc": 10, "batch_per_class": 10, "total_steps": 200,
                 "window": 60, "truncation": "random", "inner_opt": "adam",
                 "inner_lr": 1e-3, "real_batch": 5000, "runs": min(runs, 3)})
+    # The Fashion-MNIST GPU presets (rat_bptt_fashion --preset=gpu_ipc1 /
+    # gpu_ipc10: B.8's recipe on 28x28): what 12,000 outer steps would cost
+    # on this CPU.
+    for ipc, real in ((1, 1000), (10, 5000)):
+      out.append({**base, "name": f"gpu_fashion_ipc{ipc}", "ipc": ipc,
+                  "batch_per_class": ipc, "total_steps": 200, "window": 60,
+                  "truncation": "random", "inner_opt": "adam",
+                  "inner_lr": 1e-3, "real_batch": real,
+                  "runs": min(runs, 3)})
   return out
 
 

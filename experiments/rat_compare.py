@@ -53,9 +53,9 @@ from experiments import rat_bptt_fashion as base
 
 METHODS = ("rat_random", "rat_end", "full", "random_real", "kmeans")
 DISTILLED = ("rat_random", "rat_end", "full")
-# Fields that do not change what a run computes (checked on reuse).
-_RUN_CONTROL = ("eval_batch", "log_every", "checkpoint_every",
-                "time_budget_s")
+# Fields that do not change what a run computes (ignored on reuse). The time
+# budget is not one of them: when it binds it sets the number of outer steps.
+_RUN_CONTROL = ("eval_batch", "log_every", "checkpoint_every")
 
 
 def preset(name: str = "cpu_ipc1") -> rat_bptt.RatConfig:

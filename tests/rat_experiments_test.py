@@ -108,3 +108,21 @@ def test_bad_flags(args, message, fake_data, tmp_path):
   assert proc.returncode != 0
   assert message in proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_rat_compare_reuse_distinguishes_time_budgets(tmp_path):
+  """A run under a time budget is not reused for an unbudgeted row (or one
+  with another budget): a binding budget sets the number of outer steps."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from experiments import rat_compare  # pylint: disable=g-import-not-at-top
+  cfg = rat_compare.preset("smoke")
+  (tmp_path / "config.json").write_text(cfg.to_json())
+  (tmp_path / "report.json").write_text(json.dumps({"test_acc": 1.0}))
+  assert rat_compare.reuse_report(str(tmp_path), cfg) == {"test_acc": 1.0}
+  # Run-control fields do not matter ...
+  same = dataclasses.replace(cfg, eval_batch=cfg.eval_batch + 1)
+  assert rat_compare.reuse_report(str(tmp_path), same) == {"test_acc": 1.0}
+  # ... the time budget does.
+  budget = dataclasses.replace(cfg, time_budget_s=60.0)
+  with pytest.raises(ValueError, match=r"fields \['time_budget_s'\]"):
+    rat_compare.reuse_report(str(tmp_path), budget)
