@@ -208,7 +208,8 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
         dataset: data.Dataset | None = None, data_dir: str | None = None,
         resume: bool = False, show_progress: bool = True,
         stop_at: int | None = None,
-        prep: rat_bptt.Prepared | None = None) -> dict:
+        prep: rat_bptt.Prepared | None = None,
+        release_compiled: bool = True) -> dict:
   """Distils `cfg.dataset` with RaT-BPTT and writes the outputs to workdir.
 
   Outputs: config.json, metrics.jsonl, checkpoints/, distilled.npz (soft
@@ -223,6 +224,11 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
     show_progress: progress line on stderr.
     stop_at: stop after this many outer steps with a checkpoint.
     prep: already prepared data (overrides `dataset`).
+    release_compiled: drop JAX's compiled programs between distillation and
+      the final evaluation (`xla_options.release_compiled`; process-wide,
+      other jitted functions recompile on their next call), so the
+      distillation's outer step (~100 MiB on XLA:CPU) and candidate
+      programs are not resident while the evaluation compiles and runs.
 
   Returns:
     The report (also workdir/report.json).
@@ -244,6 +250,8 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
                 show_progress=show_progress, stop_at=stop_at)
   if out["interrupted"]:
     return {"interrupted_at": out["outer_steps"]}
+  if release_compiled:
+    xla_options.release_compiled()
   learned = out["learned"]
   sup = _support(learned, rat_bptt.empty_fixed(ds.num_classes, ds.image_shape))
   result = rat_eval.final_eval(cfg, prep, model, k_eval, sup, learned)

@@ -20,6 +20,7 @@ from a lower resident size.
 import ctypes
 import ctypes.util
 import functools
+import gc
 import os
 from typing import Any, Callable
 
@@ -86,6 +87,16 @@ def release_host_memory() -> None:
   trim = _glibc("malloc_trim")
   if trim is not None:
     trim(0)
+
+
+def release_compiled() -> None:
+  """Drops JAX's caches of traced and compiled programs, then returns the
+  freed heap to the OS. Process-wide: every jitted function compiles again
+  on its next call. On XLA:CPU a compiled RaT-BPTT outer step keeps ~100
+  MiB resident until its cache entry goes."""
+  jax.clear_caches()
+  gc.collect()
+  release_host_memory()
 
 
 M_ARENA_MAX = -8  # glibc mallopt parameter.

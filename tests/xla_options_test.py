@@ -60,6 +60,22 @@ class XlaOptionsTest(absltest.TestCase):
     self.assertEqual(f.__name__, "f")
     xla_options.release_host_memory()  # no error where glibc is absent.
 
+  def test_release_compiled_drops_programs(self):
+    traces = []
+
+    @jax.jit
+    def f(x):
+      traces.append(1)
+      return x + 1
+
+    x = jnp.arange(3.0)
+    f(x)
+    self.assertEqual(f._cache_size(), 1)  # pylint: disable=protected-access
+    xla_options.release_compiled()
+    self.assertEqual(f._cache_size(), 0)  # pylint: disable=protected-access
+    np.testing.assert_allclose(f(x), np.arange(1.0, 4.0))  # recompiles.
+    self.assertLen(traces, 2)
+
   def test_limit_malloc_arenas(self):
     # In a child process: the cap is process-wide.
     code = ("from distill_jax import xla_options as x; "
