@@ -13,11 +13,17 @@ mean +- std over --eval_nets nets; every row uses the same fresh nets):
     class (nets x draws pooled);
   * kmeans: per-class k-means centroids (k = ipc) of the training images.
 
-Every distillation gets the same number of outer steps (--outer_steps; no
-time budget, so CPU contention does not change the result) and its report
+By default every distillation gets the same number of outer steps
+(--outer_steps; the presets have no time budget, so CPU contention does not
+change the result) and its report
 states the wall time it took. Sub-runs live in WORKDIR/<method>/ and are
 reused when their report.json exists and their config matches; --random_dir
 reuses an existing rat_bptt_fashion run of the same config as the RaT row.
+With --time_budget_s=S and a large --outer_steps every distillation gets S
+seconds of wall-clock instead (an equal CPU budget; run nothing else on the
+cores); a finished run is then reused only under the same budget. The
+README's equal-budget table ran each method as its own rat_bptt_fashion
+process pinned to one core, two at a time.
 
 Command (2-core CPU, Fashion-MNIST IPC 1; on one core each distillation
 takes 17-30 min and each evaluation of 8 nets about 9 min, about 2 h in all):
