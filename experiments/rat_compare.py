@@ -21,7 +21,8 @@ reused when their report.json exists and their config matches; --random_dir
 reuses an existing rat_bptt_fashion run of the same config as the RaT row.
 With --time_budget_s=S and a large --outer_steps every distillation gets S
 seconds of wall-clock instead (an equal CPU budget; run nothing else on the
-cores); a finished run is then reused only under the same budget. The
+cores); a finished run is then reused only if the budget changes nothing
+(all its outer steps done, in less time than the budget). The
 README's equal-budget table ran each method as its own rat_bptt_fashion
 process pinned to one core, two at a time.
 
@@ -101,6 +102,10 @@ def _comparable(cfg_dict: dict) -> dict:
 def reuse_report(path: str, cfg: rat_bptt.RatConfig) -> dict | None:
   """The report.json of a finished run of `cfg` in `path`, else None.
 
+  A different time budget is accepted when it changes nothing: the run
+  finished all its outer steps within its own budget and the requested
+  budget (0 = none) is no shorter than the time it took.
+
   Raises ValueError when `path` holds a finished run of another config.
   """
   report = os.path.join(path, "report.json")
@@ -108,15 +113,22 @@ def reuse_report(path: str, cfg: rat_bptt.RatConfig) -> dict | None:
     return None
   with open(os.path.join(path, "config.json")) as f:
     have = _comparable(json.load(f))
+  with open(report) as f:
+    rep = json.load(f)
   want = _comparable(json.loads(cfg.to_json()))
   diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+  if diff == ["time_budget_s"]:
+    budget = float(want["time_budget_s"] or 0.0)
+    took = float(rep.get("train_time_s", float("inf")))
+    if (rep.get("outer_steps") == want.get("outer_steps") and
+        (budget == 0.0 or budget >= took)):
+      diff = []
   if diff:
     raise ValueError(
         f"{path} holds a run with another config (fields {diff}: "
         f"{[(have.get(k), want.get(k)) for k in diff]}); give another "
         "--workdir or --random_dir, or delete that run.")
-  with open(report) as f:
-    return json.load(f)
+  return rep
 
 
 def distill_time(workdir: str, report: dict) -> float:

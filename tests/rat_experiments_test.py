@@ -111,18 +111,35 @@ def test_bad_flags(args, message, fake_data, tmp_path):
 
 
 def test_rat_compare_reuse_distinguishes_time_budgets(tmp_path):
-  """A run under a time budget is not reused for an unbudgeted row (or one
-  with another budget): a binding budget sets the number of outer steps."""
+  """A run under a time budget is reused for another budget only when the
+  budget changes nothing: all outer steps done, in less time."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from experiments import rat_compare  # pylint: disable=g-import-not-at-top
-  cfg = rat_compare.preset("smoke")
+  cfg = rat_compare.preset("smoke")  # no time budget.
   (tmp_path / "config.json").write_text(cfg.to_json())
-  (tmp_path / "report.json").write_text(json.dumps({"test_acc": 1.0}))
-  assert rat_compare.reuse_report(str(tmp_path), cfg) == {"test_acc": 1.0}
+
+  def report(outer_steps, train_time_s):
+    rep = {"outer_steps": outer_steps, "train_time_s": train_time_s}
+    (tmp_path / "report.json").write_text(json.dumps(rep))
+    return rep
+
+  rep = report(cfg.outer_steps, 5.0)
+  assert rat_compare.reuse_report(str(tmp_path), cfg) == rep
   # Run-control fields do not matter ...
   same = dataclasses.replace(cfg, eval_batch=cfg.eval_batch + 1)
-  assert rat_compare.reuse_report(str(tmp_path), same) == {"test_acc": 1.0}
-  # ... the time budget does.
-  budget = dataclasses.replace(cfg, time_budget_s=60.0)
+  assert rat_compare.reuse_report(str(tmp_path), same) == rep
+  # ... nor a budget the finished run would not have reached ...
+  assert rat_compare.reuse_report(
+      str(tmp_path), dataclasses.replace(cfg, time_budget_s=60.0)) == rep
+  # ... but one that would have stopped it earlier does.
   with pytest.raises(ValueError, match=r"fields \['time_budget_s'\]"):
-    rat_compare.reuse_report(str(tmp_path), budget)
+    rat_compare.reuse_report(str(tmp_path),
+                             dataclasses.replace(cfg, time_budget_s=2.0))
+  # A run its budget stopped early stands only for that budget.
+  (tmp_path / "config.json").write_text(
+      dataclasses.replace(cfg, time_budget_s=3.0).to_json())
+  report(cfg.outer_steps - 1, 3.1)
+  with pytest.raises(ValueError, match=r"fields \['time_budget_s'\]"):
+    rat_compare.reuse_report(str(tmp_path), cfg)
+  assert rat_compare.reuse_report(
+      str(tmp_path), dataclasses.replace(cfg, time_budget_s=3.0))
