@@ -1,9 +1,13 @@
 """Pure-function conv / pooling layers with backend-tuned implementations.
 
-All functions are plain ``jax.numpy`` / ``lax`` code (no ``custom_vjp``), so
-they support forward-mode, reverse-mode and any nesting of the two
-(``jax.grad`` of ``jax.grad``, ``jax.jvp`` of ``jax.grad``, ...), which the
-dataset-distillation meta-gradient needs.
+Every implementation except ``"xla_vjp"`` is plain ``jax.numpy`` / ``lax``
+code, so it supports forward-mode, reverse-mode and any nesting of the two
+(``jax.grad`` of ``jax.grad``, ``jax.jvp`` of ``jax.grad``, ...).
+``"xla_vjp"`` supports reverse mode at any depth (what the dataset-
+distillation meta-gradient needs) but not ``jax.jvp``; on CPU ``"auto"``
+picks it for wide inputs, so forward-mode code there passes
+``impl="im2col"`` (or sets ``layers.CPU_WIDE_IMPL = "im2col"``, or the
+environment variable ``DISTILL_JAX_CPU_WIDE_CONV=im2col``).
 
 Layouts: activations are NHWC, conv kernels HWIO, stride 1.
 
@@ -11,6 +15,12 @@ Implementations (``impl=``):
 
 * ``"xla"``: ``lax.conv_general_dilated`` / ``lax.reduce_window``. Best on
   GPU/TPU.
+* ``"xla_vjp"``: ``lax.conv_general_dilated`` with custom reverse-mode
+  rules that keep every derivative, at any order, in the forward
+  convolution form (below). On XLA:CPU JAX's own rules lead, inside loops,
+  to convolutions run by a naive loop nest: the RaT-BPTT outer step with
+  ``"xla"`` was 20x slower than with ``"im2col"``; with ``"xla_vjp"`` it is
+  faster than both. Default on CPU for C_in >= 32.
 * ``"im2col"``: the KxK shifted slices of the (padded) input are concatenated
   along channels and contracted with the reshaped kernel in one
   ``dot_general``. Forward and weight gradient are plain GEMMs; the input
@@ -27,15 +37,16 @@ Implementations (``impl=``):
   ``select_and_scatter``.
 * ``"auto"``: the fastest measured choice for ``jax.default_backend()``
   (see ``docs/perf_notes.md``): "xla" on GPU/TPU; on CPU "im2col_t" for
-  narrow inputs (C_in < 32: LeNet, first layers) and "im2col" for wide ones
-  (C_in >= 32, where the channel-contiguous patches win: the RaT-BPTT
-  ConvNet-3 w128 outer step is 11% faster, docs/rat_bptt_perf.md).
+  narrow inputs (C_in < 32: LeNet, first layers) and ``CPU_WIDE_IMPL``
+  ("xla_vjp") for wide ones (docs/rat_bptt_perf.md).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import os
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
@@ -44,7 +55,7 @@ import jax.numpy as jnp
 
 Padding = Union[int, str, Sequence[Tuple[int, int]]]
 
-CONV_IMPLS = ("xla", "im2col", "im2col_t", "shift")
+CONV_IMPLS = ("xla", "xla_vjp", "im2col", "im2col_t", "shift")
 POOL_IMPLS = ("xla", "reshape")
 
 
@@ -74,6 +85,105 @@ def _conv_xla(x, w, pads):
   return lax.conv_general_dilated(
       x, w, window_strides=(1, 1), padding=pads,
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# "xla_vjp": XLA's convolution with a reverse-mode rule that stays inside
+# three canonical convolutions. Differentiating `lax.conv_general_dilated`
+# twice with JAX's own rules produces convolutions whose dimension numbers
+# XLA:CPU runs 3-6x slower than the forward one (batch as the contraction
+# dimension, large "kernels"), so the second-order outer step of dataset
+# distillation spent most of its time there. Here the forward convolution
+# F(x, w), its input gradient B_x(g, w) and its kernel gradient B_w(x, g)
+# are each a `custom_vjp` whose cotangents are again F, B_x or B_w:
+#   F(x, w):   x̄ = B_x(ȳ, w),   w̄ = B_w(x, ȳ)
+#   B_x(g, w): ḡ = F(c, w),     w̄ = B_w(c, g)     (c: the cotangent)
+#   B_w(x, g): x̄ = B_x(g, c),   ḡ = F(x, c)
+# (from <c, B_x(g, w)> = <F(c, w), g> and <c, B_w(x, g)> = <F(x, c), g>), so
+# any depth of reverse-mode nesting runs the three fast forms. B_x and B_w
+# are written as forward-form convolutions (NHWC x HWIO -> NHWC) with
+# explicit transposes: inside a `while` loop XLA:CPU does not canonicalise
+# the dimension numbers JAX's transpose rules produce and runs those
+# convolutions with a naive loop nest (the kernel gradient of a 16x14x14x128
+# layer: 552 ms in a scan vs 3.5 ms outside, docs/rat_bptt_perf.md). Reverse
+# mode only: `jax.jvp` through it raises; use impl="im2col" for forward mode.
+
+
+def _xla_input_grad(g, w, pads, x_hw):
+  """x̄ of F: a forward-form convolution of g with the flipped, io-swapped kernel."""
+  kh, kw = w.shape[0], w.shape[1]
+  (t, b), (l, r) = pads
+  tpads = ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r))
+  if min(min(p) for p in tpads) < 0:  # padding wider than the kernel.
+    x0 = jnp.zeros((g.shape[0],) + tuple(x_hw) + (w.shape[2],), g.dtype)
+    return jax.vjp(lambda x: _conv_xla(x, w, pads), x0)[1](g)[0]
+  wt = jnp.transpose(jnp.flip(w, (0, 1)), (0, 1, 3, 2))
+  return _conv_xla(g, wt, tpads)
+
+
+def _xla_kernel_grad(x, g, pads, k_hw):
+  """w̄ of F, as a forward-form convolution of x^T (C_in as batch, N as features) with g^T."""
+  del k_hw  # = H + pads - H_out + 1, implied.
+  out = _conv_xla(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)),
+                  pads)  # (C_in, KH, KW, C_out)
+  return jnp.transpose(out, (1, 2, 0, 3))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_vjp(x, w, pads):
+  return _conv_xla(x, w, pads)
+
+
+# Each forward rule computes its output with the custom_vjp function itself,
+# not the raw convolution: an enclosing differentiation (the meta-gradient
+# through an inner `jax.vjp`) differentiates the forward rule, and would
+# otherwise apply JAX's own convolution rules to it.
+def _conv_vjp_fwd(x, w, pads):
+  return _conv_vjp(x, w, pads), (x, w)
+
+
+def _conv_vjp_bwd(pads, res, ct):
+  x, w = res
+  return (_input_grad_vjp(ct, w, pads, x.shape[1:3]),
+          _kernel_grad_vjp(x, ct, pads, w.shape[:2]))
+
+
+_conv_vjp.defvjp(_conv_vjp_fwd, _conv_vjp_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _input_grad_vjp(g, w, pads, x_hw):
+  return _xla_input_grad(g, w, pads, x_hw)
+
+
+def _input_grad_vjp_fwd(g, w, pads, x_hw):
+  return _input_grad_vjp(g, w, pads, x_hw), (g, w)
+
+
+def _input_grad_vjp_bwd(pads, x_hw, res, ct):
+  del x_hw
+  g, w = res
+  return _conv_vjp(ct, w, pads), _kernel_grad_vjp(ct, g, pads, w.shape[:2])
+
+
+_input_grad_vjp.defvjp(_input_grad_vjp_fwd, _input_grad_vjp_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _kernel_grad_vjp(x, g, pads, k_hw):
+  return _xla_kernel_grad(x, g, pads, k_hw)
+
+
+def _kernel_grad_vjp_fwd(x, g, pads, k_hw):
+  return _kernel_grad_vjp(x, g, pads, k_hw), (x, g)
+
+
+def _kernel_grad_vjp_bwd(pads, k_hw, res, ct):
+  del k_hw
+  x, g = res
+  return _input_grad_vjp(g, ct, pads, x.shape[1:3]), _conv_vjp(x, ct, pads)
+
+
+_kernel_grad_vjp.defvjp(_kernel_grad_vjp_fwd, _kernel_grad_vjp_bwd)
 
 
 def _pad_input(x, pads):
@@ -124,14 +234,21 @@ def _conv_shift(x, w, pads):
   return out
 
 
-WIDE_INPUT = 32  # C_in from which "auto" uses "im2col" on CPU.
+WIDE_INPUT = 32  # C_in from which "auto" uses CPU_WIDE_IMPL on CPU.
+# The implementation "auto" uses on CPU for wide inputs; "im2col" keeps
+# forward mode (jax.jvp) working. Environment: DISTILL_JAX_CPU_WIDE_CONV.
+CPU_WIDE_IMPL = os.environ.get("DISTILL_JAX_CPU_WIDE_CONV", "xla_vjp")
+if CPU_WIDE_IMPL not in CONV_IMPLS:
+  raise ValueError(
+      f"DISTILL_JAX_CPU_WIDE_CONV={CPU_WIDE_IMPL!r} is not a convolution "
+      f"implementation; use one of {CONV_IMPLS} or unset it.")
 
 
 def auto_conv_impl(c_in: int) -> str:
   """The implementation `conv2d(impl="auto")` uses for `c_in` input channels."""
   if not _on_cpu():
     return "xla"
-  return "im2col" if c_in >= WIDE_INPUT else "im2col_t"
+  return CPU_WIDE_IMPL if c_in >= WIDE_INPUT else "im2col_t"
 
 
 def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
@@ -144,7 +261,7 @@ def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     b: optional bias, shape (C_out,).
     padding: int (symmetric), "SAME", "VALID" or ((top, bottom),
       (left, right)).
-    impl: "auto", "xla", "im2col", "im2col_t" or "shift".
+    impl: "auto", "xla", "xla_vjp", "im2col", "im2col_t" or "shift".
 
   Returns:
     Output of shape (N, H', W', C_out).
@@ -155,6 +272,8 @@ def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     impl = auto_conv_impl(w.shape[2])
   if impl == "xla":
     y = _conv_xla(x, w, pads)
+  elif impl == "xla_vjp":
+    y = _conv_vjp(x, w, pads)
   elif impl == "im2col":
     y = _conv_im2col(x, w, pads)
   elif impl == "im2col_t":

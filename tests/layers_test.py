@@ -14,6 +14,8 @@ from tests import test_utils  # pylint: disable=unused-import (debug guards)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 FAST_CONV = [i for i in layers.CONV_IMPLS if i != "xla"] + ["auto"]
+# "xla_vjp" has a custom reverse-mode rule only (no forward mode).
+FORWARD_MODE_CONV = [i for i in FAST_CONV if i not in ("xla_vjp", "auto")]
 PADDINGS = [0, 1, 2, "SAME", "VALID", ((1, 0), (2, 1))]
 ATOL = 1e-4
 
@@ -42,7 +44,7 @@ class Conv2dTest(unittest.TestCase):
     if jax.default_backend() != "cpu":
       self.skipTest("the width rule is the CPU one")
     self.assertEqual(layers.auto_conv_impl(1), "im2col_t")
-    self.assertEqual(layers.auto_conv_impl(layers.WIDE_INPUT), "im2col")
+    self.assertEqual(layers.auto_conv_impl(layers.WIDE_INPUT), "xla_vjp")
     x = _rand(0, (2, 5, 5, layers.WIDE_INPUT))
     w = _rand(1, (3, 3, layers.WIDE_INPUT, 4), 0.1)
     self._check(x, w, None, 1, "auto")  # the wide path, against XLA
@@ -94,9 +96,90 @@ class Conv2dTest(unittest.TestCase):
       return jax.jvp(jax.grad(f), (w,), (v,))[1]
 
     ref = hvp(w, "xla")
-    for impl in FAST_CONV:
+    for impl in FORWARD_MODE_CONV:
       with self.subTest(impl=impl):
         chex.assert_trees_all_close(hvp(w, impl), ref, atol=ATOL, rtol=ATOL)
+
+  def test_xla_vjp_third_order(self):
+    """Reverse^3 through the closed F / B_x / B_w rules, odd paddings too."""
+    cases = [(1, (3, 3)), ("VALID", (3, 3)), (((1, 0), (2, 1)), (3, 2)),
+             (2, (2, 2)), ("SAME", (2, 3))]  # (2, (2, 2)): pad > k - 1.
+    for padding, (kh, kw) in cases:
+      with self.subTest(padding=padding, k=(kh, kw)):
+        x = _rand(0, (2, 6, 5, 3))
+        w = _rand(1, (kh, kw, 3, 4), 0.3)
+
+        def f(x, w, impl, padding=padding):
+          def inner(w):
+            return jnp.sum(jnp.tanh(layers.conv2d(
+                x, w, padding=padding, impl=impl)) ** 2)
+          g = jax.grad(inner)(w)
+          return jnp.sum(jnp.sin(w - 0.1 * g)) + jnp.sum(g * g)
+
+        def third(x, w, impl):
+          return jax.grad(lambda x, w: jnp.sum(jnp.cos(
+              jax.grad(f, argnums=(0, 1))(x, w, impl)[0])),
+                          argnums=(0, 1))(x, w)
+
+        chex.assert_trees_all_close(
+            jax.grad(f, argnums=(0, 1))(x, w, "xla_vjp"),
+            jax.grad(f, argnums=(0, 1))(x, w, "xla"), atol=ATOL, rtol=ATOL)
+        chex.assert_trees_all_close(third(x, w, "xla_vjp"),
+                                    third(x, w, "xla"), atol=1e-3, rtol=1e-3)
+
+  def test_xla_vjp_vmapped_weights(self):
+    """vmap over per-initialisation kernels, as rat_bptt does."""
+    x = _rand(0, (3, 2, 5, 5, 4))
+    w = _rand(1, (3, 3, 3, 4, 4), 0.3)
+
+    def meta(x, w, impl):
+      g = jax.grad(lambda w: jnp.sum(jnp.tanh(
+          layers.conv2d(x, w, padding=1, impl=impl))))(w)
+      return jnp.sum((w - 0.5 * g) ** 2)
+
+    out = jax.vmap(jax.grad(meta, argnums=(0, 1)),
+                   in_axes=(0, 0, None))(x, w, "xla_vjp")
+    for i in range(3):
+      ref = jax.grad(meta, argnums=(0, 1))(x[i], w[i], "xla")
+      chex.assert_trees_all_close((out[0][i], out[1][i]), ref,
+                                  atol=ATOL, rtol=ATOL)
+
+  def test_xla_vjp_meta_gradient_in_loop_is_canonical(self):
+    """Inside a loop every convolution is in the forward form XLA:CPU runs fast.
+
+    JAX's own transpose rules give the kernel gradient dim_labels
+    f01b_i01o->01bf, which XLA:CPU leaves uncanonicalised inside a `while`
+    body and runs ~100x slower; the custom rules must never emit it.
+    """
+    if jax.default_backend() != "cpu":
+      self.skipTest("XLA:CPU lowering property")
+    x = _rand(0, (4, 6, 6, 8))
+    w0 = _rand(1, (3, 3, 8, 8), 0.2)
+
+    def unrolled(x, impl):
+      def step(w, _):
+        g = jax.grad(lambda w: jnp.sum(jnp.tanh(
+            layers.conv2d(x, w, padding=1, impl=impl)) ** 2))(w)
+        return w - 0.1 * g, None
+      w, _ = jax.lax.scan(jax.checkpoint(step), w0, None, length=3)
+      return jnp.sum(jnp.tanh(layers.conv2d(x, w, padding=1, impl=impl)))
+
+    def labels(impl):
+      hlo = jax.jit(jax.grad(unrolled), static_argnums=1).lower(
+          x, impl).compile().as_text()
+      return {line.split("dim_labels=")[1].split(",")[0]
+              for line in hlo.splitlines() if " convolution(" in line}
+
+    self.assertIn("f01b_i01o->01bf", labels("xla"))  # the slow form exists,
+    self.assertEqual(labels("xla_vjp"), {"b01f_01io->b01f"})  # and is gone.
+    chex.assert_trees_all_close(jax.grad(unrolled)(x, "xla_vjp"),
+                                jax.grad(unrolled)(x, "xla"),
+                                atol=ATOL, rtol=ATOL)
+
+  def test_xla_vjp_has_no_forward_mode(self):
+    x, w = _rand(0, (1, 4, 4, 2)), _rand(1, (3, 3, 2, 2))
+    with self.assertRaisesRegex(TypeError, "custom_vjp"):
+      jax.jvp(lambda w: layers.conv2d(x, w, impl="xla_vjp"), (w,), (w,))
 
   def test_bad_impl(self):
     with self.assertRaises(ValueError):
