@@ -1,7 +1,8 @@
 """XLA compile options the library's large programs are compiled with.
 
 On CPU the outer steps and the evaluation loops are compiled with XLA:CPU's
-fusion emitters turned off (`xla_cpu_use_fusion_emitters=False`): the
+fusion emitters turned off (`xla_cpu_use_fusion_emitters=False`) and
+without YNNPACK's convolution fusion (`YNN_FUSIONS`, below). The
 emitters' MLIR pipeline took ~540 MiB of compiler working memory for the
 RaT-BPTT reference-setting step and ~420 MiB for the DD LeNet step, which
 the process then keeps; without them the peak resident memory of those
@@ -26,15 +27,38 @@ from typing import Any, Callable
 
 import jax
 
+# YNNPACK library fusions for dots and reductions, but not for convolutions:
+# YNNPACK's convolution runs the kernel gradient of a 3x3 conv (C_in as the
+# batch, the images as features) at a quarter of XLA's own convolution
+# (80 vs 22 ms at 100x16x16x128), which made the CIFAR-10 RaT-BPTT step
+# 75.8 s instead of 60.4 s (BUILD.md, Benchmarks).
+YNN_FUSIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
 # DISTILL_JAX_XLA_DEFAULTS=1 in the environment compiles with XLA's defaults.
 CPU: dict[str, Any] = ({} if os.environ.get("DISTILL_JAX_XLA_DEFAULTS") == "1"
-                       else {"xla_cpu_use_fusion_emitters": False})
+                       else {"xla_cpu_use_fusion_emitters": False,
+                             "xla_cpu_experimental_ynn_fusion_type":
+                                 YNN_FUSIONS})
+
+
+@functools.cache
+def _accepted(key: str, value: Any) -> bool:
+  """Whether this jaxlib's CPU compiler knows the option (they are XLA's
+  experimental flags and may be renamed); unknown ones are left out."""
+  try:
+    jax.jit(lambda x: x + 1).lower(0.0).compile(
+        compiler_options={key: value})
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def options(backend: str | None = None) -> dict[str, Any]:
   """The compile options for `backend` (default: JAX's default backend)."""
   backend = backend or jax.default_backend()
-  return dict(CPU) if backend == "cpu" else {}
+  if backend != "cpu":
+    return {}
+  return {k: v for k, v in CPU.items() if _accepted(k, v)}
 
 
 def jit(fun: Callable, **kwargs) -> Callable:

@@ -26,6 +26,43 @@ class XlaOptionsTest(absltest.TestCase):
     self.assertEqual(xla_options.options("gpu"), {})
     self.assertEqual(xla_options.options("tpu"), {})
 
+  def test_unknown_options_are_left_out(self):
+    saved = dict(xla_options.CPU)
+    try:
+      xla_options.CPU["xla_cpu_not_a_flag_of_this_jaxlib"] = True
+      self.assertNotIn("xla_cpu_not_a_flag_of_this_jaxlib",
+                       xla_options.options("cpu"))
+    finally:
+      xla_options.CPU.clear()
+      xla_options.CPU.update(saved)
+
+  def test_no_ynnpack_convolutions(self):
+    """The measured configuration is in effect on this jaxlib: convolutions
+    stay XLA's, not YNNPACK fusions (4x slower kernel gradients)."""
+    if jax.default_backend() != "cpu" or not xla_options.CPU:
+      self.skipTest("CPU options")
+    self.assertIn("xla_cpu_experimental_ynn_fusion_type",
+                  xla_options.options("cpu"))
+    x = jax.random.normal(jax.random.key(0), (8, 8, 8, 32))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
+
+    def ynn_convs(jitted):
+      hlo = jitted.lower(w, x).compile().as_text()
+      comps, name = {}, None
+      for line in hlo.splitlines():
+        if line and not line.startswith(" ") and "{" in line:
+          name = line.split()[0].lstrip("%")
+          comps[name] = ""
+        elif name:
+          comps[name] += line + "\n"
+      return [c for c, body in comps.items() if "convolution(" in body and
+              f"calls=%{c}," in hlo and "ynn" in hlo.split(f"calls=%{c},")[0]
+              .rsplit("\n", 1)[-1]]
+
+    grad = jax.grad(_conv_loss)
+    self.assertEqual(ynn_convs(xla_options.jit(grad)), [])
+    self.assertNotEqual(ynn_convs(jax.jit(grad)), [])  # XLA's default does.
+
   def test_jit_matches_default_compilation(self):
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (4, 8, 8, 3))
