@@ -88,11 +88,12 @@ def _conv_xla(x, w, pads):
 
 
 # "xla_vjp": XLA's convolution with a reverse-mode rule that stays inside
-# three canonical convolutions. Differentiating `lax.conv_general_dilated`
-# twice with JAX's own rules produces convolutions whose dimension numbers
-# XLA:CPU runs 3-6x slower than the forward one (batch as the contraction
-# dimension, large "kernels"), so the second-order outer step of dataset
-# distillation spent most of its time there. Here the forward convolution
+# three canonical convolutions. JAX's own transpose rules for
+# `lax.conv_general_dilated` emit convolutions with other dimension numbers
+# (the kernel gradient contracts over the batch, with the image as the
+# "kernel"); XLA:CPU rewrites those into its fast forward form outside
+# loops but not inside a `while` body, where the unrolled inner loop of
+# dataset distillation runs them. Here the forward convolution
 # F(x, w), its input gradient B_x(g, w) and its kernel gradient B_w(x, g)
 # are each a `custom_vjp` whose cotangents are again F, B_x or B_w:
 #   F(x, w):   x̄ = B_x(ȳ, w),   w̄ = B_w(x, ȳ)
