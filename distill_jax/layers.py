@@ -129,62 +129,40 @@ def _xla_kernel_grad(x, g, pads, k_hw):
   return jnp.transpose(out, (1, 2, 0, 3))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_vjp(x, w, pads):
-  return _conv_xla(x, w, pads)
+def _closed_op(impl, bwd, nondiff_argnums):
+  """`impl(a, b, *static)` as a `custom_vjp` with reverse rule `bwd`.
+
+  The forward rule computes its output with the custom_vjp function itself,
+  not `impl`: an enclosing differentiation (the meta-gradient through an
+  inner `jax.vjp`) differentiates the forward rule, and would otherwise
+  apply JAX's own convolution rules to `impl`.
+  """
+  op = jax.custom_vjp(impl, nondiff_argnums=nondiff_argnums)
+  op.defvjp(lambda *args: (op(*args), args[:2]), bwd)
+  return op
 
 
-# Each forward rule computes its output with the custom_vjp function itself,
-# not the raw convolution: an enclosing differentiation (the meta-gradient
-# through an inner `jax.vjp`) differentiates the forward rule, and would
-# otherwise apply JAX's own convolution rules to it.
-def _conv_vjp_fwd(x, w, pads):
-  return _conv_vjp(x, w, pads), (x, w)
-
-
-def _conv_vjp_bwd(pads, res, ct):
+def _conv_bwd(pads, res, ct):
   x, w = res
   return (_input_grad_vjp(ct, w, pads, x.shape[1:3]),
           _kernel_grad_vjp(x, ct, pads, w.shape[:2]))
 
 
-_conv_vjp.defvjp(_conv_vjp_fwd, _conv_vjp_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _input_grad_vjp(g, w, pads, x_hw):
-  return _xla_input_grad(g, w, pads, x_hw)
-
-
-def _input_grad_vjp_fwd(g, w, pads, x_hw):
-  return _input_grad_vjp(g, w, pads, x_hw), (g, w)
-
-
-def _input_grad_vjp_bwd(pads, x_hw, res, ct):
+def _input_grad_bwd(pads, x_hw, res, ct):
   del x_hw
   g, w = res
   return _conv_vjp(ct, w, pads), _kernel_grad_vjp(ct, g, pads, w.shape[:2])
 
 
-_input_grad_vjp.defvjp(_input_grad_vjp_fwd, _input_grad_vjp_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _kernel_grad_vjp(x, g, pads, k_hw):
-  return _xla_kernel_grad(x, g, pads, k_hw)
-
-
-def _kernel_grad_vjp_fwd(x, g, pads, k_hw):
-  return _kernel_grad_vjp(x, g, pads, k_hw), (x, g)
-
-
-def _kernel_grad_vjp_bwd(pads, k_hw, res, ct):
+def _kernel_grad_bwd(pads, k_hw, res, ct):
   del k_hw
   x, g = res
   return _input_grad_vjp(g, ct, pads, x.shape[1:3]), _conv_vjp(x, ct, pads)
 
 
-_kernel_grad_vjp.defvjp(_kernel_grad_vjp_fwd, _kernel_grad_vjp_bwd)
+_conv_vjp = _closed_op(_conv_xla, _conv_bwd, (2,))
+_input_grad_vjp = _closed_op(_xla_input_grad, _input_grad_bwd, (2, 3))
+_kernel_grad_vjp = _closed_op(_xla_kernel_grad, _kernel_grad_bwd, (2, 3))
 
 
 def _pad_input(x, pads):
