@@ -37,6 +37,8 @@ def main(script: str, doc: str, default_out: str, default_runs: int,
   if unknown:
     parser.error(f"--only: unknown configurations {sorted(unknown)}; "
                  f"choose from {[s['name'] for s in specs]}")
+  machine = machine_info()
+  print(json.dumps({"machine": machine}), flush=True)
   results = []
   for spec in specs:
     if names and spec["name"] not in names:
@@ -49,12 +51,52 @@ def main(script: str, doc: str, default_out: str, default_runs: int,
     else:
       results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(json.dumps(results[-1]), flush=True)
+  for r in results:
+    if "gflops_per_s" in r and machine["matmul_gflops"] > 0:
+      r["fraction_of_peak"] = round(
+          r["gflops_per_s"] / machine["matmul_gflops"], 3)
   by = {r["name"]: r for r in results if "error" not in r}
-  out = {"results": results, "summary": summarize(by)}
+  out = {"machine": machine, "results": results, "summary": summarize(by)}
   with open(args.out + ".tmp", "w") as f:
     json.dump(out, f, indent=1)
   os.replace(args.out + ".tmp", args.out)
   print(json.dumps(out["summary"]))
+
+
+def machine_info(size: int = 2048, reps: int = 5) -> dict:
+  """The CPU and its measured float32 ceiling, recorded with every sweep.
+
+  Machines of one kind differ between sessions (AVX-512 with ~430 GFLOP/s on
+  a large f32 matmul, or AVX2 with ~100): seconds from two machines do not
+  compare, and GFLOP/s only means something beside this ceiling. The ceiling
+  is the best of `reps` jitted `size` x `size` matmuls in this process.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model, flags = "unknown", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          model = value.strip()
+        elif key.strip() == "flags":
+          flags = set(value.split())
+  except OSError:
+    pass
+  a = jnp.ones((size, size), jnp.float32)
+  mm = jax.jit(lambda a: a @ a)
+  mm(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    mm(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return {"cpu": model, "cores": os.cpu_count(),
+          "simd": [f for f in ("avx512f", "avx2", "avx") if f in flags][:1],
+          "matmul_gflops": round(2 * size**3 / best / 1e9, 1),
+          "backend": jax.default_backend()}
 
 
 def xla_flops(fn, *args) -> float:

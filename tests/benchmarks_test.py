@@ -21,11 +21,41 @@ def _run(script, *args):
 class BenchmarkDriverTest(absltest.TestCase):
 
   def test_unknown_configuration_is_named(self):
-    for script in ("meta_step.py", "rat_bptt_step.py"):
+    for script in ("meta_step.py", "rat_bptt_step.py", "torch_step.py"):
       proc = _run(script, "--only=nope", "--out=/dev/null")
       self.assertNotEqual(proc.returncode, 0)
       self.assertIn("unknown configurations ['nope']", proc.stderr)
       self.assertIn("choose from", proc.stderr)
+
+  def test_torch_step_without_torch_names_the_fix(self):
+    with tempfile.TemporaryDirectory() as d:
+      os.makedirs(os.path.join(d, "torch"))
+      with open(os.path.join(d, "torch", "__init__.py"), "w") as f:
+        f.write("raise ImportError('No module named torch')\n")
+      proc = subprocess.run(
+          [sys.executable, os.path.join(ROOT, "benchmarks", "torch_step.py"),
+           "--only=ref_fashion", "--out=/dev/null"],
+          capture_output=True, text=True, check=False, cwd=ROOT,
+          env={**os.environ, "PYTHONPATH": d})
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertIn("pip install torch higher", proc.stderr)
+    self.assertNotIn("Traceback", proc.stderr)
+
+  def test_torch_step_settings_match_the_jax_benchmark(self):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import rat_bptt_step  # pylint: disable=g-import-not-at-top
+    import torch_step  # pylint: disable=g-import-not-at-top
+    jax_cfgs = {c["name"]: c for c in rat_bptt_step.configs(1, quick=False)}
+    keys = ("ipc", "batch_per_class", "total_steps", "window", "inner_opt",
+            "inner_lr", "real_batch")
+    for name, cfg in torch_step.CONFIGS.items():
+      with self.subTest(name):
+        j = jax_cfgs[name]
+        self.assertEqual({k: cfg[k] for k in keys}, {k: j[k] for k in keys})
+        c, h, w = cfg["shape"]
+        self.assertEqual((h, w, c), tuple(j["shape"]))
+        self.assertEqual((j["width"], j["depth"], j["norm"], j["pooling"]),
+                         (128, 3, "instance", "avg"))
 
   def test_meta_step_single_configuration_writes_json(self):
     with tempfile.TemporaryDirectory() as d:
@@ -40,6 +70,12 @@ class BenchmarkDriverTest(absltest.TestCase):
     self.assertNotIn("error", r)
     self.assertGreater(r["median_s"], 0)
     self.assertGreater(r["gflop_per_step"], 0)
+    machine = res["machine"]
+    self.assertGreater(machine["matmul_gflops"], 0)
+    self.assertEqual(machine["cores"], os.cpu_count())
+    self.assertAlmostEqual(r["fraction_of_peak"],
+                           r["gflops_per_s"] / machine["matmul_gflops"],
+                           places=2)
 
   def test_interleaved_ratio(self):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
