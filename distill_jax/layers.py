@@ -43,8 +43,6 @@ Implementations (``impl=``):
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 from typing import Optional, Sequence, Tuple, Union
@@ -332,10 +330,5 @@ def tune_cpu_malloc() -> bool:
   Returns:
     True if glibc accepted the settings, False otherwise (e.g. not glibc).
   """
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = libc.mallopt(m_mmap_max, 0) == 1
-    return ok and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-  except (OSError, AttributeError):
-    return False
+  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
+  return xla_options.keep_malloc_mapped()

@@ -146,6 +146,44 @@ def limit_malloc_arenas(n: int = 1) -> bool:
   return bool(mallopt(M_ARENA_MAX, int(n)))
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters.
+
+
+def keep_malloc_mapped() -> bool:
+  """Stops glibc from returning large blocks to the OS after every use.
+
+  glibc serves blocks above ~32 MB with `mmap` and unmaps them on `free`, so
+  every call of a jitted function page-faults its big temporaries in again.
+  With `mmap` off for malloc and no heap trim the memory stays mapped (the
+  resident size stays at the peak). The CIFAR-10 RaT-BPTT recipe step on a
+  2-core AVX2 machine: 174-177 -> 153 s, peak RSS 1.56 -> 2.57 GiB; the DD
+  trainer always does this (`layers.tune_cpu_malloc`). Returns False where
+  glibc's `mallopt` is unavailable or refuses.
+  """
+  mallopt = _glibc("mallopt")
+  if mallopt is None:
+    return False
+  return (mallopt(M_MMAP_MAX, 0) == 1 and
+          mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+
+
+ENV_KEEP_MAPPED = "DISTILL_JAX_KEEP_MALLOC_MAPPED"
+
+
+def keep_malloc_mapped_from_env(default: bool) -> bool:
+  """`keep_malloc_mapped()` if env DISTILL_JAX_KEEP_MALLOC_MAPPED (else
+  `default`) says so. Returns whether it was applied.
+
+  Raises:
+    ValueError: the variable is neither 0 nor 1.
+  """
+  value = os.environ.get(ENV_KEEP_MAPPED, "1" if default else "0").strip()
+  if value not in ("0", "1"):
+    raise ValueError(f"{ENV_KEEP_MAPPED}={value!r} must be 1 (keep large "
+                     "malloc blocks mapped) or 0 (glibc's default).")
+  return keep_malloc_mapped() if value == "1" else False
+
+
 ENV_MALLOC_ARENAS = "DISTILL_JAX_MALLOC_ARENAS"
 
 

@@ -79,12 +79,14 @@ def config_from_flags(presets: dict, cfg_cls=config_lib.DistillConfig):
 
 
 def run_and_report(run_fn, cfg, workdir: str, *, malloc_arenas: int = 0,
-                   **kwargs) -> dict:
+                   keep_mapped: bool = False, **kwargs) -> dict:
   """Runs `run_fn(cfg, workdir, ...)`, turning user errors into messages.
 
   `malloc_arenas` caps glibc's malloc arenas first (0: glibc's default;
   env DISTILL_JAX_MALLOC_ARENAS overrides; see
-  `xla_options.limit_malloc_arenas`).
+  `xla_options.limit_malloc_arenas`); `keep_mapped` keeps large malloc
+  blocks mapped (env DISTILL_JAX_KEEP_MALLOC_MAPPED=0/1 overrides; see
+  `xla_options.keep_malloc_mapped`).
   """
   if not FLAGS["verbosity"].present:  # Keep library INFO logs quiet.
     logging.set_verbosity(logging.WARNING)
@@ -93,6 +95,7 @@ def run_and_report(run_fn, cfg, workdir: str, *, malloc_arenas: int = 0,
   from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
   try:
     xla_options.limit_malloc_arenas_from_env(malloc_arenas)
+    xla_options.keep_malloc_mapped_from_env(keep_mapped)
   except ValueError as e:
     sys.stderr.write(f"\nerror: {e}\n")
     sys.exit(2)

@@ -91,9 +91,11 @@ def preset(name: str = "cpu_ipc1") -> rat_bptt.RatConfig:
   raise ValueError(f"Unknown preset {name!r}.")
 
 
-def make_main(presets: dict, run_fn, extra_kwargs=dict):
+def make_main(presets: dict, run_fn, extra_kwargs=dict,
+              keep_mapped: bool = False):
   """An absl main running `run_fn(cfg, workdir, ...)` on the flag config;
-  `extra_kwargs()` (called after flag parsing) adds experiment flags."""
+  `extra_kwargs()` (called after flag parsing) adds experiment flags;
+  `keep_mapped` keeps large malloc blocks mapped (`common.run_and_report`)."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -101,6 +103,7 @@ def make_main(presets: dict, run_fn, extra_kwargs=dict):
     # One malloc arena: RaT-BPTT jobs' peak memory 677 -> 594 MiB at the
     # same step time (BUILD.md, Benchmarks).
     common.run_and_report(run_fn, cfg, common.FLAGS.workdir, malloc_arenas=1,
+                          keep_mapped=keep_mapped,
                           data_dir=common.FLAGS.data_dir,
                           resume=common.FLAGS.resume,
                           show_progress=common.FLAGS.progress,

@@ -89,6 +89,15 @@ def test_bad_malloc_arenas_env(fake_data, tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+def test_bad_keep_mapped_env(fake_data, tmp_path):
+  proc = _run("dd_mnist_random", ["--preset=smoke"], fake_data, tmp_path,
+              check=False,
+              extra_env={"DISTILL_JAX_KEEP_MALLOC_MAPPED": "maybe"})
+  assert proc.returncode == 2
+  assert "DISTILL_JAX_KEEP_MALLOC_MAPPED='maybe'" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
 def test_missing_dataset_names_the_fix(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()

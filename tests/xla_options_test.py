@@ -1,8 +1,10 @@
 """XLA compile options: same results, options applied on CPU, no recompiles."""
 
+import os
 import platform
 import subprocess
 import sys
+from unittest import mock
 
 from absl.testing import absltest
 import chex
@@ -122,6 +124,28 @@ class XlaOptionsTest(absltest.TestCase):
     self.assertEqual(out[0], "False")
     self.assertEqual(out[1], "True" if platform.libc_ver()[0] == "glibc"
                      else out[1])
+
+  def test_keep_malloc_mapped(self):
+    code = ("import os; from distill_jax import xla_options as x; "
+            "print(x.keep_malloc_mapped_from_env(False), "
+            "x.keep_malloc_mapped_from_env(True))")
+    env = {k: v for k, v in os.environ.items()
+           if k != xla_options.ENV_KEEP_MAPPED}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, env=env).stdout.split()
+    self.assertEqual(out[0], "False")
+    if platform.libc_ver()[0] == "glibc":
+      self.assertEqual(out[1], "True")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True,
+                         env={**env, xla_options.ENV_KEEP_MAPPED: "0"})
+    self.assertEqual(out.stdout.split(), ["False", "False"])
+
+  def test_keep_malloc_mapped_bad_env_names_the_variable(self):
+    with mock.patch.dict(os.environ, {xla_options.ENV_KEEP_MAPPED: "yes"}):
+      with self.assertRaisesRegex(ValueError,
+                                  "DISTILL_JAX_KEEP_MALLOC_MAPPED='yes'"):
+        xla_options.keep_malloc_mapped_from_env(False)
 
 
 if __name__ == "__main__":
