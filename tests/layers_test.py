@@ -172,9 +172,24 @@ class Conv2dTest(unittest.TestCase):
 
     self.assertIn("f01b_i01o->01bf", labels("xla"))  # the slow form exists,
     self.assertEqual(labels("xla_vjp"), {"b01f_01io->b01f"})  # and is gone.
-    chex.assert_trees_all_close(jax.grad(unrolled)(x, "xla_vjp"),
-                                jax.grad(unrolled)(x, "xla"),
-                                atol=ATOL, rtol=ATOL)
+    # Values in float64: the three unrolled steps amplify float32 rounding
+    # differently per CPU (AVX2 vs AVX-512 kernels: up to 4e-2 on gradients
+    # of size ~200), which would hide or fake a real difference.
+    with jax.enable_x64(True):
+      x64, w64 = (np.asarray(a, np.float64) for a in (x, w0))
+
+      def unrolled64(x, impl):
+        def step(w, _):
+          g = jax.grad(lambda w: jnp.sum(jnp.tanh(
+              layers.conv2d(x, w, padding=1, impl=impl)) ** 2))(w)
+          return w - 0.1 * g, None
+        w, _ = jax.lax.scan(jax.checkpoint(step), w64, None, length=3)
+        return jnp.sum(jnp.tanh(layers.conv2d(x, w, padding=1, impl=impl)))
+
+      got = jax.grad(unrolled64)(x64, "xla_vjp")
+      want = jax.grad(unrolled64)(x64, "xla")
+      self.assertEqual(got.dtype, np.float64)
+      chex.assert_trees_all_close(got, want, atol=1e-9, rtol=1e-9)
 
   def test_xla_vjp_has_no_forward_mode(self):
     x, w = _rand(0, (1, 4, 4, 2)), _rand(1, (3, 3, 2, 2))
