@@ -19,8 +19,9 @@ a dataset's own folder. Local files are prepared once by the TFDS builders of
 (argument, else env ``TFDS_DATA_DIR``, else ``~/tensorflow_datasets``), e.g.
 ``~/tensorflow_datasets/local_mnist/1.0.0/``, and read back with
 ``builder.as_data_source`` (no TensorFlow needed). Note that prepared data is
-reused: after changing the files behind a manual dir, delete the prepared
-folder. Raw uint8 arrays are also cached in-process.
+reused only while its recorded source (size and sha256 of each file, in
+``distill_jax_source.json``) matches the files found; otherwise it is
+prepared again. Raw uint8 arrays are also cached in-process.
 
 Online path: it uses ``tfds.builder(name, file_format='array_record')``,
 ``download_and_prepare()`` and ``as_data_source`` rather than ``tfds.load``,
@@ -38,8 +39,13 @@ prepared here: there is no TensorFlow and no network.
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
+import shutil
 import threading
+
+from absl import logging
 
 import jax
 import jax.numpy as jnp
@@ -403,16 +409,66 @@ def _from_builder(builder, source: str) -> _Raw:
 _LOCK = threading.Lock()
 
 
+SOURCE_STAMP = 'distill_jax_source.json'
+
+
+def source_fingerprint(name: str, directory: str) -> dict:
+  """Size and sha256 of each file a local dataset is prepared from."""
+  _, files = _local_datasets().LAYOUTS[name]
+  out = {}
+  for f in files:
+    path = os.path.join(directory, f)
+    h = hashlib.sha256()
+    with open(path, 'rb') as fh:
+      for chunk in iter(lambda: fh.read(1 << 20), b''):  # pylint: disable=cell-var-from-loop
+        h.update(chunk)
+    out[f] = {'bytes': os.path.getsize(path), 'sha256': h.hexdigest()}
+  return out
+
+
+def _read_stamp(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f).get('files')
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
 @functools.lru_cache(maxsize=16)
 def _load_local(name: str, directory: str, data_dir: str) -> _Raw:
-  """Prepares (once) and reads a local dataset."""
+  """Prepares (once per source) and reads a local dataset.
+
+  The prepared folder records the size and sha256 of the files it was made
+  from (``SOURCE_STAMP``); a prepared folder made from other files (another
+  copy, a test's fake data, or a version of this library that kept no
+  record) is deleted and prepared again, so a run never silently reads data
+  other than the files it was pointed at.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   local_datasets = _local_datasets()
-  builder = local_datasets.BUILDERS[name](
-      data_dir=data_dir, file_format='array_record')
+  want = source_fingerprint(name, directory)
+
+  def make():
+    return local_datasets.BUILDERS[name](data_dir=data_dir,
+                                         file_format='array_record')
   with _LOCK:
+    builder = make()
+    prepared = os.fspath(builder.data_dir)
+    stamp = os.path.join(prepared, SOURCE_STAMP)
+    if os.path.isdir(prepared) and _read_stamp(stamp) != want:
+      logging.warning(
+          '%s: the prepared copy in %s was not made from the files in %s '
+          '(different or unrecorded source); preparing it again.', name,
+          prepared, directory)
+      shutil.rmtree(prepared)
+      builder = make()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=directory))
+    if _read_stamp(stamp) != want:
+      tmp = f'{stamp}.tmp{os.getpid()}'
+      with open(tmp, 'w') as f:
+        json.dump({'source': directory, 'files': want}, f, indent=1)
+      os.replace(tmp, stamp)
   return _from_builder(builder, f'local:{directory}')
 
 

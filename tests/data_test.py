@@ -1,13 +1,16 @@
 """Tests of distill_jax.data and distill_jax.local_datasets (offline, fast)."""
 
 import gzip
+import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
 from distill_jax import data
 from distill_jax import local_datasets
+from tests import test_utils
 
 NUM_TRAIN = 30
 NUM_TEST = 20
@@ -417,3 +420,32 @@ def test_clear_cache_rereads(tmp_path, monkeypatch):
   again = data.load('mnist', **kw)
   assert calls == [1]
   np.testing.assert_array_equal(first.x_train, again.x_train)
+
+
+# A prepared copy is used only for the files it was prepared from.
+
+
+def test_prepared_copy_of_other_files_is_prepared_again(tmp_path):
+  tfds_dir = str(tmp_path / 'tfds')
+  a = test_utils.write_fake_datasets(str(tmp_path / 'a'), n_train=40,
+                                     n_test=10)
+  b = test_utils.write_fake_datasets(str(tmp_path / 'b'), n_train=60,
+                                     n_test=20, seed=1)
+  ds_a = data.load('fashion_mnist', manual_dir=a, data_dir=tfds_dir)
+  assert ds_a.x_train.shape[0] == 40
+  stamp = pathlib.Path(tfds_dir, 'local_fashion_mnist', '1.0.0',
+                       data.SOURCE_STAMP)
+  assert json.loads(stamp.read_text())['files'] == data.source_fingerprint(
+      'fashion_mnist', os.path.join(a, 'fashion_mnist'))
+  data.clear_cache()
+  # Same data dir, other files (as after a test run had prepared fake data
+  # into the default dir): B's data, not A's.
+  ds_b = data.load('fashion_mnist', manual_dir=b, data_dir=tfds_dir)
+  assert ds_b.x_train.shape[0] == 60 and ds_b.x_test.shape[0] == 20
+  # A prepared folder without a record (older versions) is prepared again.
+  stamp.unlink()
+  data.clear_cache()
+  ds_b2 = data.load('fashion_mnist', manual_dir=b, data_dir=tfds_dir)
+  np.testing.assert_array_equal(ds_b2.x_train, ds_b.x_train)
+  assert stamp.exists()
+

@@ -108,3 +108,12 @@ def test_missing_dataset_names_the_fix(tmp_path):
   out = proc.stdout + proc.stderr
   assert "DISTILL_JAX_DATA_DIR" in out
   assert "Traceback" not in proc.stderr
+
+
+def test_tests_never_prepare_into_the_default_tfds_dir():
+  # conftest points TFDS_DATA_DIR at a temporary folder for the whole run, so
+  # fake data prepared by a test (or by the experiment subprocesses, which
+  # inherit it) never reaches the user's ~/tensorflow_datasets.
+  tfds_dir = os.environ["TFDS_DATA_DIR"]
+  assert "distill_jax_tests_tfds_" in tfds_dir
+  assert not tfds_dir.startswith(os.path.expanduser("~/tensorflow_datasets"))
