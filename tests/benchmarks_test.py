@@ -91,20 +91,36 @@ class BenchmarkDriverTest(absltest.TestCase):
 
   def test_rat_flops_count_every_window_step(self):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
     import rat_bptt_step  # pylint: disable=g-import-not-at-top
+    from distill_jax import models  # pylint: disable=g-import-not-at-top
+    from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
     base = {**rat_bptt_step.FASHION, "width": 8, "real_batch": 16,
-            "runs": 1, "truncation": "full"}
+            "truncation": "full"}
+    # The whole benchmark path once (one step compiled and timed).
+    r = rat_bptt_step.measure({**base, "name": "w2", "runs": 1,
+                               "total_steps": 2, "window": 2})
+    self.assertGreater(r["median_s"], 0)
+    self.assertGreater(r["gflop_per_step"], 0)
+    # The count itself at windows 2 and 4 (no step compiled): two more
+    # window steps cost more than zero and less than the first two plus the
+    # real-batch part, so the count scales with the window.
+    spec = {k: v for k, v in base.items() if k != "shape"}
+    shape = tuple(base["shape"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, 32).astype(np.int32)
     flops = []
     for n in (2, 4):
-      r = rat_bptt_step.measure({**base, "name": f"w{n}", "total_steps": n,
-                                 "window": n})
-      self.assertGreater(r["median_s"], 0)
-      flops.append(r["gflop_per_step"])
-    # Two more window steps cost more than zero and less than the first two
-    # plus the real-batch part: the count scales with the window.
+      cfg = rat_bptt.RatConfig(**spec, total_steps=n, window=n).validate()
+      model = models.build(cfg, shape, 10)
+      learned = rat_bptt.init_learned(jax.random.key(0), cfg, 10, shape)
+      flops.append(rat_bptt_step.count_flops(
+          cfg, model, learned, rat_bptt.empty_fixed(10, shape), x, y, 0.0))
+    self.assertAlmostEqual(flops[0] / 1e9, r["gflop_per_step"], places=2)
     self.assertGreater(flops[1], flops[0])
     self.assertLess(flops[1], 2 * flops[0])
-
 
 if __name__ == "__main__":
   absltest.main()
