@@ -453,9 +453,13 @@ def _load_local(name: str, directory: str, data_dir: str) -> _Raw:
                                          file_format='array_record')
   with _LOCK:
     builder = make()
-    prepared = os.fspath(builder.data_dir)
+    prepared = os.path.abspath(os.fspath(builder.data_dir))
+    # Only a folder of our own under data_dir is ever deleted or stamped
+    # (under `tfds.testing.mock_data` the builder points elsewhere).
+    ours = os.path.commonpath(
+        [prepared, os.path.abspath(data_dir)]) == os.path.abspath(data_dir)
     stamp = os.path.join(prepared, SOURCE_STAMP)
-    if os.path.isdir(prepared) and _read_stamp(stamp) != want:
+    if ours and os.path.isdir(prepared) and _read_stamp(stamp) != want:
       logging.warning(
           '%s: the prepared copy in %s was not made from the files in %s '
           '(different or unrecorded source); preparing it again.', name,
@@ -464,7 +468,7 @@ def _load_local(name: str, directory: str, data_dir: str) -> _Raw:
       builder = make()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=directory))
-    if _read_stamp(stamp) != want:
+    if ours and os.path.isdir(prepared) and _read_stamp(stamp) != want:
       tmp = f'{stamp}.tmp{os.getpid()}'
       with open(tmp, 'w') as f:
         json.dump({'source': directory, 'files': want}, f, indent=1)

@@ -33,8 +33,11 @@ from distill_jax import xla_options
 from distill_jax import zca as zca_lib
 
 _support = jax.jit(rat_bptt.support)  # one program, not eager operations.
+# Fields a resumed run may change. `outer_steps` among them: a run can be
+# extended, or finished at an earlier checkpoint (no schedule depends on it).
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_nets",
-                "val_nets", "eval_batch", "eval_every", "real_chunk")
+                "val_nets", "eval_batch", "eval_every", "real_chunk",
+                "outer_steps")
 
 
 def _check_resume(path: str, cfg: rat_bptt.RatConfig) -> None:
@@ -102,6 +105,12 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   if resume:
     restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
     start = int(restored or 0)
+    if start > cfg.outer_steps:
+      raise ValueError(
+          f"--resume: the newest checkpoint in {workdir} is at outer step "
+          f"{start}, past outer_steps={cfg.outer_steps}. Resume with "
+          f"outer_steps >= {start}, or finish at an earlier step from a "
+          "copy of the run whose newest checkpoint is at that step.")
     elapsed = train.truncate_metrics(metrics_path, start)
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)

@@ -78,6 +78,21 @@ class ResumeTest(absltest.TestCase):
     self.assertTrue(all(t > 1000.0 for t in times[4:]), times)
     self.assertGreater(got["train_time_s"], 1000.0)
 
+  def test_resume_may_change_outer_steps(self):
+    # A run stopped (with a checkpoint) at step 3 and resumed with
+    # outer_steps=3 ends as an uninterrupted 3-step run does.
+    want = self._run(_cfg(outer_steps=3), self.create_tempdir().full_path)
+    wd = self.create_tempdir().full_path
+    self.assertEqual(self._run(_cfg(), wd, stop_at=3), {"interrupted_at": 3})
+    got = self._run(_cfg(outer_steps=3), wd, resume=True)
+    for k in ("outer_steps", "best_step", "best_candidate_val_acc",
+              "selected_budget", "test_acc"):
+      self.assertEqual(want[k], got[k], k)
+    # Fewer steps than the newest checkpoint: a clear error.
+    with self.assertRaisesRegex(ValueError, "at outer step 3, past "
+                                "outer_steps=2"):
+      self._run(_cfg(outer_steps=2), wd, resume=True)
+
   def test_resume_with_other_config_is_refused(self):
     wd = self.create_tempdir().full_path
     self._run(_cfg(), wd, stop_at=2)
