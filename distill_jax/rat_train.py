@@ -54,6 +54,17 @@ def _check_resume(path: str, cfg: rat_bptt.RatConfig) -> None:
         f"{path}. Resume with the original flags or use a fresh --workdir.")
 
 
+def _check_resume_steps(mngr: checkpoint.Manager, cfg: rat_bptt.RatConfig,
+                        workdir: str) -> None:
+  start = mngr.latest_step() or 0
+  if start > cfg.outer_steps:
+    raise ValueError(
+        f"--resume: the newest checkpoint in {workdir} is at outer step "
+        f"{start}, past outer_steps={cfg.outer_steps}. Resume with "
+        f"outer_steps >= {start}, or finish at an earlier step from a "
+        "copy of the run whose newest checkpoint is at that step.")
+
+
 def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
             model: models.Model, workdir: str, *,
             fixed: rat_bptt.Support | None = None,
@@ -103,14 +114,9 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start, elapsed = 0, 0.0
   if resume:
+    _check_resume_steps(mngr, cfg, workdir)
     restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
     start = int(restored or 0)
-    if start > cfg.outer_steps:
-      raise ValueError(
-          f"--resume: the newest checkpoint in {workdir} is at outer step "
-          f"{start}, past outer_steps={cfg.outer_steps}. Resume with "
-          f"outer_steps >= {start}, or finish at an earlier step from a "
-          "copy of the run whose newest checkpoint is at that step.")
     elapsed = train.truncate_metrics(metrics_path, start)
   elif os.path.exists(metrics_path):
     os.remove(metrics_path)
@@ -250,6 +256,8 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
   cfg_path = os.path.join(workdir, "config.json")
   if resume and os.path.exists(cfg_path):
     _check_resume(cfg_path, cfg)
+    # Before config.json is rewritten: a refused resume changes nothing.
+    _check_resume_steps(checkpoint.manager(workdir), cfg, workdir)
   storage.atomic_write(cfg_path, lambda f: f.write(cfg.to_json()), mode="w")
   prep = prep or rat_bptt.prepare(cfg, dataset, data_dir)
   ds = prep.ds

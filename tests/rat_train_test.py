@@ -88,10 +88,15 @@ class ResumeTest(absltest.TestCase):
     for k in ("outer_steps", "best_step", "best_candidate_val_acc",
               "selected_budget", "test_acc"):
       self.assertEqual(want[k], got[k], k)
-    # Fewer steps than the newest checkpoint: a clear error.
+    # Fewer steps than the newest checkpoint: a clear error, and the
+    # refused resume leaves config.json as it was.
+    with open(os.path.join(wd, "config.json")) as f:
+      before = f.read()
     with self.assertRaisesRegex(ValueError, "at outer step 3, past "
                                 "outer_steps=2"):
       self._run(_cfg(outer_steps=2), wd, resume=True)
+    with open(os.path.join(wd, "config.json")) as f:
+      self.assertEqual(before, f.read())
 
   def test_resume_with_other_config_is_refused(self):
     wd = self.create_tempdir().full_path
