@@ -36,7 +36,7 @@ def _build(spec: dict):
   from distill_jax import distilled  # pylint: disable=g-import-not-at-top
   from distill_jax import models  # pylint: disable=g-import-not-at-top
   from distill_jax import layers  # pylint: disable=g-import-not-at-top
-  from distill_jax import outer  # pylint: disable=g-import-not-at-top
+  from distill_jax.methods import dd as outer  # pylint: disable=g-import-not-at-top
   from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
 
   if jax.default_backend() == "cpu" and spec.get("tune_malloc", True):
@@ -146,7 +146,7 @@ def count_flops(cfg, model, learned, labels, x, y) -> float:
   with its forward recomputed when `remat != "none"`).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from distill_jax import inner  # pylint: disable=g-import-not-at-top
+  from distill_jax.core import inner  # pylint: disable=g-import-not-at-top
 
   params = model.init(jax.random.key(0))
   rx, ry = x[:cfg.real_batch], y[:cfg.real_batch]
@@ -156,7 +156,7 @@ def count_flops(cfg, model, learned, labels, x, y) -> float:
   sx, sy = learned["x"][0], labels[0]
 
   def step(p, xx, lr):
-    return inner.step(model.apply, p, xx, sy, lr)
+    return inner.gd_step(model.apply, p, xx, sy, lr)
   fwd = xla_flops(step, params, sx, 0.01)
 
   def step_vjp(p, xx, lr):

@@ -112,25 +112,25 @@ def count_flops(cfg, model, learned, fixed, x, y, mean_start: float) -> float:
   prefix steps, and M window steps, each a forward plus a VJP (the VJP
   recomputes its forward when `remat != "none"`).
   """
-  import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from distill_jax import inner  # pylint: disable=g-import-not-at-top
   from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
+  from distill_jax.core import inner  # pylint: disable=g-import-not-at-top
+  from distill_jax.core import unroll  # pylint: disable=g-import-not-at-top
 
   params = model.init(jax.random.key(0))
   rx, ry = x[:cfg.real_batch], y[:cfg.real_batch]
   real_grad = xla_flops(
       jax.grad(lambda p: inner.loss(model.apply, p, rx, ry)), params)
   real_fwd = xla_flops(lambda p: inner.loss(model.apply, p, rx, ry), params)
-  opt = rat_bptt.build_opt(cfg)
-  state = rat_bptt.InnerState(params, opt.tx.init(params))
-  step = functools.partial(rat_bptt.inner_step, cfg=cfg, apply_fn=model.apply,
-                           opt=opt)
-  key = jax.random.key(2)
+  prob = rat_bptt.problem(cfg, model)
+  state = inner.init_state(params, prob.tx)
+  step = unroll.make_step(prob.schedule, apply_fn=model.apply, tx=prob.tx,
+                          syn_aug=cfg.syn_aug, rotate_deg=cfg.rotate_deg,
+                          key=jax.random.key(2))
 
   def fwd(s, lrn):
-    return step(s, 0, key, rat_bptt.support(lrn, fixed),
-                rat_bptt.step_lr(cfg, lrn, 0))
+    return step(s, 0, (rat_bptt.support(lrn, fixed), lrn.get("raw_lr")),
+                None)
 
   def fwd_vjp(s, lrn):
     out, vjp = jax.vjp(fwd, s, lrn)

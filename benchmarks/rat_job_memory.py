@@ -16,7 +16,7 @@ PyTorch process).
 preset's evaluation instead of the minimal one: validation candidates on 2
 networks every 5 outer steps and the final evaluation of 8 networks trained
 for 300/600/1000 steps (what a full run adds on top of its outer steps;
-19 minutes when two such jobs shared one core, session 8; not timed alone).
+19 minutes when two such jobs shared one core; not timed alone).
 """
 
 import argparse

@@ -66,7 +66,7 @@ def main(script: str, doc: str, default_out: str, default_runs: int,
 def machine_info(size: int = 2048, reps: int = 5) -> dict:
   """The CPU and its measured float32 ceiling, recorded with every sweep.
 
-  Machines of one kind differ between sessions (AVX-512 with ~430 GFLOP/s on
+  Machines of one kind differ (AVX-512 with ~430 GFLOP/s on
   a large f32 matmul, or AVX2 with ~100): seconds from two machines do not
   compare, and GFLOP/s only means something beside this ceiling. The ceiling
   is the best of `reps` jitted `size` x `size` matmuls in this process.

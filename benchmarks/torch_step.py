@@ -2,7 +2,7 @@
 
 The speed targets of the RaT-BPTT work (PERFORMANCE.md) quote the released
 PyTorch code's seconds per outer step measured on one machine. Machines of
-this project's kind differ from session to session (the CPU behind the
+one kind differ (the CPU behind the
 figures had AVX-512 and reached ~430 GFLOP/s on a large f32 matmul; others
 have AVX2 only and reach ~100), so a ratio is only meaningful when both
 sides run on the same machine in one sitting. This script rebuilds the

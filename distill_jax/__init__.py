@@ -6,15 +6,17 @@ Public entry points (modules are imported explicitly, e.g.
   * `distill_jax.train.run(cfg, workdir)`: a whole distillation run;
   * `distill_jax.meta.value_and_grad`: the vmapped meta-gradient;
   * `distill_jax.evaluate`: replay / retrain evaluation;
-  * `distill_jax.load_distilled(path)`: read and validate a distilled set.
+  * `distill_jax.load_distilled_set(path)`: read and validate a distilled
+    set (a `DistilledSet`, any method; `save_distilled_set` writes one).
 """
 
 from distill_jax.config import DistillConfig
+from distill_jax.distilled_set import DistilledSet
 from distill_jax.storage import DistilledFileError
-from distill_jax.storage import load_distilled
-from distill_jax.storage import save_distilled
+from distill_jax.storage import load_distilled_set
+from distill_jax.storage import save_distilled_set
 
 __version__ = "0.1.0"
 
-__all__ = ["DistillConfig", "DistilledFileError", "load_distilled",
-           "save_distilled", "__version__"]
+__all__ = ["DistillConfig", "DistilledFileError", "DistilledSet",
+           "load_distilled_set", "save_distilled_set", "__version__"]

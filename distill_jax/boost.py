@@ -26,7 +26,7 @@ module implements two labelled readings (`boost_mode`):
 
 Outputs in workdir: block_XX/ (metrics, checkpoints, block.npz; in "slow"
 mode block.npz holds blocks 0..XX as they were after block XX),
-distilled.npz (all blocks; `extra/block` gives each image's block),
+distilled.npz (all blocks; its `block` field gives each image's block),
 report.json with one entry per prefix budget.
 """
 
@@ -43,6 +43,7 @@ from distill_jax import rat_bptt
 from distill_jax import rat_eval
 from distill_jax import rat_train
 from distill_jax import storage
+from distill_jax.run import lock as lock_lib
 
 
 READINGS = {
@@ -116,12 +117,27 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
 
   Returns:
     The report (also workdir/report.json).
+
+  Raises:
+    guard.DivergedError: a block's run turned non-finite (its
+      `rat_train.distill` stops; no set is written).
+    lock.WorkdirLockedError: another run is using `workdir`.
   """
   cfg.validate()
   if cfg.batch_per_class > cfg.ipc:
     raise ValueError(f"batch_per_class={cfg.batch_per_class} exceeds the "
                      f"block size ipc={cfg.ipc} (block 0 has only ipc images "
                      "per class); lower --batch_per_class.")
+  with lock_lib.workdir_lock(workdir):  # before anything in it is written.
+    return _run_locked(cfg, workdir, dataset=dataset, data_dir=data_dir,
+                       resume=resume, show_progress=show_progress, prep=prep)
+
+
+def _run_locked(cfg: rat_bptt.RatConfig, workdir: str, *,
+                dataset: data.Dataset | None, data_dir: str | None,
+                resume: bool, show_progress: bool,
+                prep: rat_bptt.Prepared | None) -> dict:
+  """`run` while it holds the workdir lock."""
   os.makedirs(workdir, exist_ok=True)
   storage.atomic_write(os.path.join(workdir, "config.json"),
                        lambda f: f.write(cfg.to_json()), mode="w")
@@ -192,10 +208,9 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
                           x_all.shape[:2])
   path = rat_train.save(
       dataclasses.replace(cfg, ipc=cfg.ipc * cfg.boost_blocks), prep, workdir,
-      x_all, y_all, {}, {"dataset": ds.name, "arch": cfg.arch,
-                         "method": "boost_dd (our reading)",
-                         "num_classes": ds.num_classes, "source": ds.source,
-                         "image_shape": list(ds.image_shape),
+      x_all, y_all, {}, {"method": "boost_dd", "source": ds.source,
+                         "reading": f"our reading (METHODS.md B.10): "
+                                    f"{READINGS[cfg.boost_mode]}",
                          "block_ipc": cfg.ipc}, block=block)
   report = {"dataset": ds.name, "method": "boost_dd (our reading, METHODS.md "
             f"B.10): {READINGS[cfg.boost_mode]}", "boost_mode": cfg.boost_mode,

@@ -22,6 +22,8 @@ POOLINGS = ("avg", "max", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 OBJECTIVES = ("ce", "poison")
 IMAGE_INITS = ("noise", "real")
+INNER_OPTS = ("gd", "sgd", "adam")
+AUG_OPS = ("flip", "rotate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,10 @@ class DistillConfig:
   train_limit: int = 0  # 0 = the whole training split.
   image_size: int = 0  # 0 = native; otherwise resize (e.g. USPS -> 28).
   channels: int = 0  # 0 = native; 3 replicates grayscale (MNIST -> SVHN nets).
+  # ZCA whitening fitted on the training split (as in RaT-BPTT's CIFAR
+  # recipe); regularisation zca_reg x the mean eigenvalue.
+  zca: bool = False
+  zca_reg: float = 0.1
 
   # Model.
   arch: str = "lenet"
@@ -55,6 +61,22 @@ class DistillConfig:
   # Initial images: "noise" = N(0, 1) in normalised space (the paper);
   # "real" = a random training image of the image's class.
   image_init: str = "noise"
+  # Labels: fixed hard labels, or soft labels learned with the images
+  # (initialised one-hot; label lr = outer_lr / label_lr_scale).
+  learn_labels: bool = False
+  label_lr_scale: float = 1.0
+
+  # Inner problem (shared with RaT-BPTT): the inner optimiser's direction
+  # ("gd" = plain gradient descent, the paper; "sgd" = momentum; "adam"),
+  # scaled by the learned per-step lr, and augmentation of the distilled
+  # ("syn_aug") and real ("real_aug") images: "none" or ops of
+  # augment.OPS joined by "_", e.g. "flip_rotate".
+  inner_opt: str = "gd"
+  inner_momentum: float = 0.9
+  inner_wd: float = 0.0
+  syn_aug: str = "none"
+  real_aug: str = "none"
+  rotate_deg: float = 15.0
 
   # Distribution of initial weights p(theta_0).
   init_mode: str = "random"
@@ -97,6 +119,9 @@ class DistillConfig:
   def inner_steps(self) -> int:
     return self.steps * self.epochs
 
+  def __post_init__(self):
+    self.validate()  # a config that exists is a valid one.
+
   def validate(self) -> "DistillConfig":
     """Raises ValueError naming the bad field and its allowed values."""
     _choice("arch", self.arch, ARCHS)
@@ -107,12 +132,25 @@ class DistillConfig:
     _choice("remat", self.remat, REMAT_POLICIES)
     _choice("objective", self.objective, OBJECTIVES)
     _choice("image_init", self.image_init, IMAGE_INITS)
+    _choice("inner_opt", self.inner_opt, INNER_OPTS)
+    for name in ("syn_aug", "real_aug"):
+      ops = getattr(self, name).split("_")
+      if getattr(self, name) not in ("", "none") and any(
+          o not in AUG_OPS for o in ops):
+        raise ValueError(
+            f"{name}={getattr(self, name)!r} is not supported; use 'none' or "
+            f"operations from {list(AUG_OPS)} joined by '_', e.g. "
+            "'flip_rotate'.")
+    if self.inner_wd < 0 or not 0 <= self.inner_momentum < 1:
+      raise ValueError(f"need inner_wd >= 0 (got {self.inner_wd}) and "
+                       f"0 <= inner_momentum < 1 (got {self.inner_momentum}).")
     for name in ("steps", "epochs", "images_per_class_per_step", "num_inits",
                  "real_batch", "eval_inits", "log_every", "width", "depth"):
       if getattr(self, name) < 1:
         raise ValueError(
             f"{name}={getattr(self, name)} must be a positive integer.")
-    for name in ("lr_init", "outer_lr", "decay_factor"):
+    for name in ("lr_init", "outer_lr", "decay_factor", "label_lr_scale",
+                 "zca_reg"):
       if not getattr(self, name) > 0:
         raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
     if self.outer_steps < 0 or self.outer_epochs < 0:

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import data
-from distill_jax import inner
-from distill_jax import meta
 from distill_jax import xla_options
+from distill_jax.core import inner
+from distill_jax.core import meta
+from distill_jax.core import schedule as schedule_lib
 
 
 def _chunks(tree, size: int):
@@ -88,25 +89,41 @@ def accuracy(apply_fn, params_batch, x, y, *, batch: int = 500,
   return np.concatenate(out)
 
 
-@xla_options.lazy_jit(static_argnames=("apply_fn", "epochs"))
-def _replay(apply_fn, params0_batch, learned, labels, epochs: int):
-  return jax.vmap(lambda p: meta.train(apply_fn, p, learned, labels,
-                                       epochs=epochs, remat="none"))(
-                                           params0_batch)
+def replay_problem(apply_fn, epochs: int) -> meta.Problem:
+  """Plain-GD replay of the learned steps (the paper's evaluation)."""
+  return meta.Problem(schedule=schedule_lib.Ordered(epochs),
+                      apply_fn=apply_fn, tx=inner.GD, remat="none")
+
+
+@xla_options.lazy_jit(static_argnames=("problem",))
+def _replay(problem, params0_batch, learned, labels, keys):
+  return jax.vmap(lambda p, k: meta.train(problem, p, learned, labels, k))(
+      params0_batch, keys)
 
 
 def replay(apply_fn, params0_batch, learned, labels, *, epochs: int,
-           chunk: int = 50):
-  """Trains every network of `params0_batch` on the learned sequence."""
-  outs = [_replay(apply_fn, p, learned, labels, epochs)
-          for p in _chunks(params0_batch, chunk)]
+           chunk: int = 50, problem: meta.Problem | None = None, key=None):
+  """Trains every network of `params0_batch` on the learned sequence.
+
+  `problem` (default: plain GD with the learned lrs, `replay_problem`) may
+  name another inner optimiser or augmentation, as used in distillation;
+  `key` draws the augmentation of each network's steps.
+  """
+  problem = problem or replay_problem(apply_fn, epochs)
+  num = jax.tree.leaves(params0_batch)[0].shape[0]
+  keys = jax.random.split(jax.random.key(0) if key is None else key, num)
+  outs = [_replay(problem, p, learned, labels, k) for p, k in zip(
+      _chunks(params0_batch, chunk), _chunks(keys, chunk))]
   return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
 def replay_accuracy(apply_fn, params0_batch, learned, labels, x, y, *,
-                    epochs: int, batch: int = 500) -> np.ndarray:
+                    epochs: int, batch: int = 500,
+                    problem: meta.Problem | None = None,
+                    key=None) -> np.ndarray:
   """Replay evaluation: accuracy on (x, y) after the learned steps."""
-  params = replay(apply_fn, params0_batch, learned, labels, epochs=epochs)
+  params = replay(apply_fn, params0_batch, learned, labels, epochs=epochs,
+                  problem=problem, key=key)
   return accuracy(apply_fn, params, x, y, batch=batch)
 
 
@@ -123,7 +140,7 @@ def _retrain(apply_fn, params0_batch, keys, x, y, lr, epochs: int,
       idx = perm.reshape(steps_per_epoch, batch_size)
 
       def step(p, i):
-        return inner.step(apply_fn, p, x[i], y[i], lr), None
+        return inner.gd_step(apply_fn, p, x[i], y[i], lr), None
       params, _ = jax.lax.scan(step, params, idx)
       return params, None
     params, _ = jax.lax.scan(epoch, params, jax.random.split(key, epochs))

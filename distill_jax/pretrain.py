@@ -19,7 +19,7 @@ import optax
 from distill_jax import config as config_lib
 from distill_jax import data
 from distill_jax import evaluate
-from distill_jax import inner
+from distill_jax.core import inner
 from distill_jax import models
 from distill_jax import progress as progress_lib
 from distill_jax import storage
@@ -41,6 +41,9 @@ class PretrainConfig:
   chunk: int = 10  # networks trained at once (vmapped)
   seed: int = 0
   val_size: int = 0
+
+  def __post_init__(self):
+    self.validate()  # a config that exists is a valid one.
 
   def validate(self) -> "PretrainConfig":
     if self.arch not in config_lib.ARCHS:

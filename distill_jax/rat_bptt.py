@@ -30,9 +30,8 @@ resume, outputs) in `rat_train`.
 import dataclasses
 import functools
 import json
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,14 +41,16 @@ from distill_jax import augment
 from distill_jax import config as config_lib
 from distill_jax import data
 from distill_jax import distilled
-from distill_jax import inner
 from distill_jax import inner_opt
 from distill_jax import models
+from distill_jax import sharding
 from distill_jax import train
 from distill_jax import truncation
-from distill_jax import unroll
 from distill_jax import xla_options
 from distill_jax import zca as zca_lib
+from distill_jax.core import meta
+from distill_jax.core import outer
+from distill_jax.core import schedule as schedule_lib
 
 IMAGE_INITS = ("unit_norm", "gaussian")
 BOOST_MODES = ("frozen", "slow")
@@ -97,6 +98,9 @@ class RatConfig:
   remat: str = "full"
   # Outer problem.
   num_inits: int = 1
+  # Initialisations per vmap call; groups run one after another. -1 = pick
+  # for the backend (4 on CPU, all at once on GPU/TPU), 0 = all at once.
+  init_group: int = -1
   real_batch: int = 200
   real_chunk: int = 16  # real-batch loss in remat chunks; 0: at once.
   outer_lr: float = 1e-3
@@ -126,6 +130,9 @@ class RatConfig:
   def window_len(self) -> int:
     return truncation.window_length(self.truncation, self.total_steps,
                                     self.window)
+
+  def __post_init__(self):
+    self.validate()  # a config that exists is a valid one.
 
   def validate(self) -> "RatConfig":
     """Raises ValueError naming the bad field and the fix."""
@@ -171,6 +178,10 @@ class RatConfig:
         set(self.eval_budgets)) or self.eval_budgets[0] < 1):
       raise ValueError(f"eval_budgets={self.eval_budgets} must be positive "
                        "and strictly increasing, e.g. 300,600,1000,3000.")
+    if self.init_group < -1:
+      raise ValueError(
+          f"init_group={self.init_group} must be -1 (auto), 0 (all) or a "
+          "positive number of initialisations per vmap call.")
     if self.val_size < 1:
       raise ValueError(
           f"val_size={self.val_size}: RaT-BPTT selects the eval budget and "
@@ -238,30 +249,10 @@ def prepare(cfg: RatConfig, ds: data.Dataset | None = None,
 
 # ---------------------------------------------------------------- inner.
 
-
-@flax.struct.dataclass
-class InnerState:
-  """Network parameters and inner-optimiser state."""
-  params: Any
-  opt_state: Any
-
-
-class Support(NamedTuple):
-  """Images trained on in the inner loop, grouped by class.
-
-  x: (C, P, H, W, ch); y: (C, P, C) targets (one-hot or soft); w: (C, P)
-  per-example loss weights (1, or Boost-DD's beta for earlier blocks).
-  """
-  x: jax.Array
-  y: jax.Array
-  w: jax.Array
-
-
-def empty_fixed(num_classes: int, image_shape) -> Support:
-  """No fixed images (plain RaT-BPTT)."""
-  return Support(jnp.zeros((num_classes, 0, *image_shape), jnp.float32),
-                 jnp.zeros((num_classes, 0, num_classes), jnp.float32),
-                 jnp.zeros((num_classes, 0), jnp.float32))
+# The support set and its class-balanced schedule live in the core.
+Support = schedule_lib.Support
+empty_fixed = schedule_lib.empty_support
+support = schedule_lib.support
 
 
 def init_learned(key: jax.Array, cfg: RatConfig, num_classes: int,
@@ -289,37 +280,6 @@ def _init_learned(key, cfg, num_classes, image_shape):
   return learned
 
 
-def support(learned: dict, fixed: Support) -> Support:
-  """Fixed blocks followed by the learned block, along the per-class axis."""
-  c, p = learned["x"].shape[:2]
-  y = learned.get("y")
-  if y is None:
-    y = jnp.broadcast_to(jnp.eye(c)[:, None], (c, p, c))
-  return Support(jnp.concatenate([fixed.x, learned["x"]], axis=1),
-                 jnp.concatenate([fixed.y, y], axis=1),
-                 jnp.concatenate([fixed.w, jnp.ones((c, p))], axis=1))
-
-
-def subsample(key: jax.Array, num_classes: int, per_class: int, nc: int,
-              bpc: int):
-  """Indices (class, member), each (nc, bpc): nc random classes, bpc
-  members of each without replacement."""
-  k_c, k_p = jax.random.split(key)
-  classes = jnp.arange(num_classes)
-  if nc < num_classes:
-    classes = jnp.argsort(jax.random.uniform(k_c, (num_classes,)))[:nc]
-  members = jnp.argsort(jax.random.uniform(k_p, (nc, per_class)), axis=1)
-  return (jnp.broadcast_to(classes[:, None], (nc, bpc)), members[:, :bpc])
-
-
-def step_lr(cfg: RatConfig, learned: dict, t):
-  """Learning rate of inner step t (learned lrs repeat their last entry)."""
-  if "raw_lr" not in learned:
-    return cfg.inner_lr
-  lrs = jax.nn.softplus(learned["raw_lr"])
-  return lrs[jnp.minimum(t, lrs.shape[0] - 1)]
-
-
 def build_opt(cfg: RatConfig) -> inner_opt.InnerOpt:
   return inner_opt.build(cfg.inner_opt, cfg.inner_lr,
                          momentum=cfg.inner_momentum,
@@ -327,108 +287,60 @@ def build_opt(cfg: RatConfig) -> inner_opt.InnerOpt:
                          eps_root=cfg.inner_eps_root)
 
 
-def inner_step(state: InnerState, t, key: jax.Array, sup: Support, lr, *,
-               cfg: RatConfig, apply_fn, opt: inner_opt.InnerOpt):
-  """One inner step at time t on a fresh augmented minibatch of `sup`."""
-  c, p = sup.x.shape[:2]
-  k_sub, k_aug = jax.random.split(jax.random.fold_in(key, t))
-  ci, pi = subsample(k_sub, c, p, cfg.task_sampler_nc or c,
-                     cfg.batch_per_class)
-  x = sup.x[ci, pi].reshape(-1, *sup.x.shape[2:])
-  y = sup.y[ci, pi].reshape(-1, c)
-  w = sup.w[ci, pi].reshape(-1)
-  x = augment.apply(k_aug, x, cfg.syn_aug, max_deg=cfg.rotate_deg)
-
-  def loss(params):
-    ce = optax.softmax_cross_entropy(apply_fn(params, x), y)
-    return jnp.mean(w * ce)
-  grads = jax.grad(loss)(state.params)
-  params, opt_state = inner_opt.apply(opt.tx, grads, state.opt_state,
-                                      state.params, lr)
-  return InnerState(params, opt_state)
+def schedule(cfg: RatConfig) -> schedule_lib.ClassBalanced:
+  """Class-balanced subsampling: batch_per_class of task_sampler_nc classes."""
+  return schedule_lib.ClassBalanced(
+      steps=cfg.total_steps, batch_per_class=cfg.batch_per_class,
+      classes_per_step=cfg.task_sampler_nc, lr=cfg.inner_lr)
 
 
-def meta_loss(learned: dict, fixed: Support, key: jax.Array, start,
-              real_x: jax.Array, real_y: jax.Array, *, cfg: RatConfig,
-              model: models.Model, opt: inner_opt.InnerOpt):
-  """Meta-loss of one initialisation: burn-in s steps, window M, real loss."""
-  k_init, k_steps, k_real = jax.random.split(key, 3)
-  params = model.init(k_init)
-  state = InnerState(params, opt.tx.init(params))
-  step = functools.partial(inner_step, cfg=cfg, apply_fn=model.apply,
-                           opt=opt)
-  frozen = jax.lax.stop_gradient(learned)
-  sup_frozen = support(frozen, fixed)
-  state = jax.lax.fori_loop(
-      0, start, lambda t, s: step(s, t, k_steps, sup_frozen,
-                                  step_lr(cfg, frozen, t)), state)
-  sup = support(learned, fixed)
-
-  def body(s, i):
-    t = start + i
-    return step(s, t, k_steps, sup, step_lr(cfg, learned, t)), None
-  state, _ = jax.lax.scan(unroll.wrap(body, cfg.remat), state,
-                          jnp.arange(cfg.window_len))
-  real_x = augment.apply(k_real, real_x, cfg.real_aug, max_deg=cfg.rotate_deg)
-  return inner.chunked_loss(model.apply, state.params, real_x, real_y,
-                            cfg.real_chunk)
-
-
-def meta_value_and_grad(learned, fixed, keys, starts, real_x, real_y, *,
-                        cfg, model, opt):
-  """Mean meta-loss over initialisations (vmapped) and its gradient."""
-  per_init = functools.partial(meta_loss, cfg=cfg, model=model, opt=opt)
-
-  def mean_loss(l):
-    losses = jax.vmap(per_init, in_axes=(None, None, 0, 0, None, None))(
-        l, fixed, keys, starts, real_x, real_y)
-    return jnp.mean(losses)
-  return jax.value_and_grad(mean_loss)(learned)
+def problem(cfg: RatConfig, model: models.Model) -> meta.Problem:
+  """The inner problem of RaT-BPTT: window M of N, inner optimiser, augs."""
+  return meta.Problem(
+      schedule=schedule(cfg), apply_fn=model.apply, init_fn=model.init,
+      tx=build_opt(cfg).tx, window=cfg.window_len, syn_aug=cfg.syn_aug,
+      real_aug=cfg.real_aug, rotate_deg=cfg.rotate_deg, remat=cfg.remat,
+      real_chunk=cfg.real_chunk)
 
 
 # ---------------------------------------------------------------- outer.
 
 
-@flax.struct.dataclass
-class RatState:
-  """Outer state: learned data, optimiser state, clipping EMA, step.
-
-  `clip_ema` is -1 until the first step sets it to the first norm.
-  """
-  learned: dict
-  opt_state: Any
-  clip_ema: jax.Array
-  step: jax.Array
-
-
 def outer_optimizer(cfg: RatConfig) -> optax.GradientTransformation:
   """Adam on images (and lrs); Adam at lr / label_lr_scale on labels."""
-  def adam(lr):
-    return optax.adam(lr, b1=cfg.outer_b1, b2=cfg.outer_b2, eps=1e-8)
-  return optax.multi_transform(
-      {"x": adam(cfg.outer_lr), "y": adam(cfg.outer_lr / cfg.label_lr_scale)},
-      lambda learned: {k: ("y" if k == "y" else "x") for k in learned})
+  return outer.optimizer(cfg.outer_lr, b1=cfg.outer_b1, b2=cfg.outer_b2,
+                         eps=1e-8, label_lr_scale=cfg.label_lr_scale)
 
 
-def init_state(learned: dict, tx: optax.GradientTransformation) -> RatState:
-  return RatState(learned=learned, opt_state=tx.init(learned),
-                  clip_ema=-jnp.ones((), jnp.float32),
-                  step=jnp.zeros((), jnp.int32))
+init_state = outer.init_state
 
 
-def clip_by_ema(grad: jax.Array, ema: jax.Array, coef: float):
-  """RaT-BPTT image-gradient clipping (B.3).
+def grad_fn(cfg: RatConfig, model: models.Model, norm=None, mesh=None,
+            group: int = 0):
+  """`(learned, step, fixed, x_train, y_train, idx, key) -> (loss, grads,
+  metrics)`: the RaT-BPTT meta-gradient of one outer step."""
+  prob = problem(cfg, model)
 
-  e <- n on the first call (ema < 0), else c e + (1 - c) n, with n the
-  unclipped global norm; then the gradient is clipped to norm <= 2 e.
-
-  Returns:
-    (clipped gradient, new ema, n).
-  """
-  n = jnp.sqrt(jnp.sum(jnp.square(grad)))
-  ema = jnp.where(ema < 0, n, coef * ema + (1.0 - coef) * n)
-  scale = jnp.minimum(1.0, 2.0 * ema / (n + 1e-6))
-  return grad * scale, ema, n
+  def fn(learned, step, fixed, x_train, y_train, idx, key):
+    k_window, k_inits = jax.random.split(key)
+    starts = truncation.sample_starts(
+        truncation.window_key(k_window, step, cfg.redraw_every),
+        cfg.num_inits, mode=cfg.truncation, total=cfg.total_steps,
+        window=cfg.window)
+    keys = jax.random.split(jax.random.fold_in(k_inits, step),
+                            cfg.num_inits)
+    real_x = x_train[idx]
+    if real_x.dtype == jnp.uint8:
+      if norm is None:
+        raise ValueError("x_train holds uint8 pixels: pass norm=(mean, std) "
+                         "(rat_bptt.Prepared.norm) to make_step.")
+      real_x = data.decode(real_x, *norm)
+    keys, starts = sharding.shard_leading((keys, starts), mesh)
+    loss, grads = meta.value_and_grad(
+        learned, fixed, None, keys, starts, real_x, y_train[idx],
+        problem=prob, init_group=group)
+    return loss, grads, {"start_mean": jnp.mean(starts.astype(jnp.float32))}
+  return fn
 
 
 def make_step(cfg: RatConfig, model: models.Model,
@@ -438,46 +350,15 @@ def make_step(cfg: RatConfig, model: models.Model,
   `step(state, fixed, x_train, y_train, idx, key) -> (state, metrics)`:
   gathers the real batch `idx`, draws window starts (redrawn every
   `redraw_every` steps) and init keys from `key` and the step number,
-  computes the meta-gradient, clips, and applies the optimiser. `state` is
-  donated. `x_scale` (C, P), if given, multiplies each learned image's (and
-  soft label's) optimiser update (Boost-DD "slow": beta on earlier blocks).
-  `norm` = (mean, std) normalises a uint8 `x_train` batch after the gather
-  (`Prepared.norm`).
+  computes the meta-gradient (initialisations vmapped `init_group` at a
+  time and sharded over devices when their count divides `num_inits`),
+  clips, and applies the optimiser. `state` is donated. `x_scale` (C, P), if
+  given, multiplies each learned image's (and soft label's) optimiser update
+  (Boost-DD "slow": beta on earlier blocks). `norm` = (mean, std) normalises
+  a uint8 `x_train` batch after the gather (`Prepared.norm`).
   """
-  opt = build_opt(cfg)
-
-  def step(state: RatState, fixed: Support, x_train, y_train, idx, key):
-    k_window, k_inits = jax.random.split(key)
-    starts = truncation.sample_starts(
-        truncation.window_key(k_window, state.step, cfg.redraw_every),
-        cfg.num_inits, mode=cfg.truncation, total=cfg.total_steps,
-        window=cfg.window)
-    keys = jax.random.split(jax.random.fold_in(k_inits, state.step),
-                            cfg.num_inits)
-    real_x = x_train[idx]
-    if real_x.dtype == jnp.uint8:
-      if norm is None:
-        raise ValueError("x_train holds uint8 pixels: pass norm=(mean, std) "
-                         "(rat_bptt.Prepared.norm) to make_step.")
-      real_x = data.decode(real_x, *norm)
-    loss, grads = meta_value_and_grad(
-        state.learned, fixed, keys, starts, real_x, y_train[idx],
-        cfg=cfg, model=model, opt=opt)
-    ema, gnorm = state.clip_ema, optax.tree.norm(grads["x"])
-    if cfg.clip_coef > 0:
-      gx, ema, gnorm = clip_by_ema(grads["x"], ema, cfg.clip_coef)
-      grads = {**grads, "x": gx}
-    updates, opt_state = tx.update(grads, state.opt_state, state.learned)
-    if x_scale is not None:
-      updates = {**updates, "x": updates["x"] * x_scale[:, :, None, None, None]}
-      if "y" in updates:
-        updates["y"] = updates["y"] * x_scale[:, :, None]
-    learned = optax.apply_updates(state.learned, updates)
-    if "y" in learned:
-      learned = {**learned, "y": jnp.maximum(learned["y"], 0.0)}
-    metrics = {"loss": loss, "grad_norm": gnorm, "clip_ema": ema,
-               "start_mean": jnp.mean(starts.astype(jnp.float32))}
-    return RatState(learned, opt_state, ema, state.step + 1), metrics
-
+  mesh = sharding.inits_mesh(cfg.num_inits)
+  group = meta.resolve_group(cfg.num_inits, cfg.init_group, mesh is not None)
+  step = outer.make_step(grad_fn(cfg, model, norm, mesh, group), tx,
+                         clip_coef=cfg.clip_coef, x_scale=x_scale)
   return xla_options.jit(step, donate_argnums=(0,))
-

@@ -9,7 +9,6 @@ training set, and test accuracy is reported once, mean +- std over
 `eval_nets` networks.
 """
 
-import functools
 import time
 
 import jax
@@ -20,6 +19,8 @@ from distill_jax import evaluate
 from distill_jax import models
 from distill_jax import rat_bptt
 from distill_jax import xla_options
+from distill_jax.core import inner
+from distill_jax.core import unroll
 
 EVAL_PROTOCOL = (
     "fresh networks trained with the inner optimiser (same subsampling and "
@@ -37,23 +38,22 @@ def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
   initialisation is part of the one program: run eagerly, `vmap(init)`
   compiled dozens of small XLA:CPU executables that together kept ~130 MiB.
   """
-  opt = rat_bptt.build_opt(cfg)
-  step = functools.partial(rat_bptt.inner_step, cfg=cfg, apply_fn=model.apply,
-                           opt=opt)
-
+  prob = rat_bptt.problem(cfg, model)
   bounds = np.stack([np.array((0, *cfg.eval_budgets[:-1])),
                      np.array(cfg.eval_budgets)], 1).astype(np.int32)
 
   def train_one(k_init, key, sup, learned):
     params = model.init(k_init)
+    step = unroll.make_step(prob.schedule, apply_fn=model.apply, tx=prob.tx,
+                            syn_aug=cfg.syn_aug, rotate_deg=cfg.rotate_deg,
+                            key=key)
+    data = (sup, learned.get("raw_lr"))
 
     def segment(state, lo_hi):  # one loop body for every budget.
-      state = jax.lax.fori_loop(
-          lo_hi[0], lo_hi[1],
-          lambda t, s: step(s, t, key, sup,
-                            rat_bptt.step_lr(cfg, learned, t)), state)
+      state = jax.lax.fori_loop(lo_hi[0], lo_hi[1],
+                                lambda t, s: step(s, t, data, None), state)
       return state, state.params
-    state = rat_bptt.InnerState(params, opt.tx.init(params))
+    state = inner.init_state(params, prob.tx)
     _, params_by_budget = jax.lax.scan(segment, state, jnp.asarray(bounds))
     return params_by_budget
 

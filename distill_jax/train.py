@@ -1,24 +1,21 @@
-"""The host loop of a distillation run: `run(cfg, workdir)`.
+"""Dataset Distillation runs: `run(cfg, workdir)`.
 
-It loads data, builds the model and the jitted outer step, then loops:
-real-batch indices from a per-epoch permutation seeded by (seed, epoch), PRNG
-keys folded from the step number, metrics to `metrics.jsonl`, periodic
-validation and checkpoints (`checkpoint`). Both the batch order and the
-keys depend only on the seed and the step, so `resume=True` continues to the
-same result as an uninterrupted run. No flags, no globals.
+It loads data, builds the model and the DD outer step (`methods.dd`), runs
+the one host loop (`run.loop.outer_loop`: checkpoints, resume, validation
+candidates, divergence checks, metrics), then evaluates the selected set on
+held-out initialisations and writes the outputs. No flags, no globals.
 
-With `eval_every > 0` the distilled set is evaluated on the validation split
-(held out from the training set) every `eval_every` steps; with
-`select_on_val` the final outputs use the set with the best validation
-accuracy (kept in best_val.npz), never anything chosen on the test set.
+With `eval_every > 0` the distilled set is replayed on the validation split
+(held out from the training set) every `eval_every` steps and at the end;
+with `select_on_val` the final outputs use the set with the best validation
+accuracy (kept in the checkpoints), never anything chosen on the test set.
 
 Outputs in `workdir`: config.json, metrics.jsonl, checkpoints/,
-best_val.npz, distilled.npz, steps/step_XX.png, report.json.
+distilled.npz, steps/step_XX.png, report.json.
 """
 
 import dataclasses
 import functools
-import json
 import os
 import time
 
@@ -26,19 +23,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import checkpoint
 from distill_jax import config as config_lib
 from distill_jax import data
 from distill_jax import distilled
+from distill_jax import distilled_set
 from distill_jax import evaluate
 from distill_jax import inits
 from distill_jax import layers
 from distill_jax import models
-from distill_jax import outer
-from distill_jax import progress as progress_lib
 from distill_jax import storage
 from distill_jax import viz
-from distill_jax import xla_options
+from distill_jax import zca as zca_lib
+from distill_jax.methods import dd
+from distill_jax.run import guard as guard_lib
+from distill_jax.run import lock as lock_lib
+from distill_jax.run import loop as loop_lib
 
 # Fields that may differ between an interrupted run and its resumption: they
 # change when the run stops, what it logs, or how (not what) it computes.
@@ -77,36 +76,6 @@ def init_source(cfg: config_lib.DistillConfig, model: models.Model,
   return {}
 
 
-def _check_resume_config(path: str, cfg: config_lib.DistillConfig) -> None:
-  with open(path) as f:
-    old = json.load(f)
-  new = dataclasses.asdict(cfg)
-  # A field missing from an older config.json had its current default.
-  defaults = dataclasses.asdict(config_lib.DistillConfig())
-  diff = sorted(k for k in new if k not in _RUN_CONTROL and
-                json.dumps(old.get(k, defaults[k])) != json.dumps(new[k]))
-  if diff:
-    raise ValueError(
-        f"--resume with a different configuration: {diff} differ from "
-        f"{path}. Resume with the original flags or use a fresh --workdir.")
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
-
-
-def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
-  """Real-batch indices of outer step `step`: epoch-wise permutations.
-
-  The permutation of epoch e depends only on (seed, e), so any step's batch
-  can be recomputed after a restart.
-  """
-  per_epoch = max(1, n // batch)
-  epoch, i = divmod(step, per_epoch)
-  return _epoch_permutation(seed, epoch, n)[i * batch:(i + 1) * batch]
-
-
 def run(cfg: config_lib.DistillConfig, workdir: str, *,
         dataset: data.Dataset | None = None, data_dir: str | None = None,
         resume: bool = False, show_progress: bool = True,
@@ -125,17 +94,33 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
 
   Returns:
     The final report (also written to workdir/report.json).
+
+  Raises:
+    guard.DivergedError: the run turned non-finite (no set is written).
+    lock.WorkdirLockedError: another run is using `workdir`.
   """
   cfg.validate()
+  with lock_lib.workdir_lock(workdir):  # before anything in it is written.
+    return _run_locked(cfg, workdir, dataset=dataset, data_dir=data_dir,
+                       resume=resume, show_progress=show_progress,
+                       stop_at=stop_at)
+
+
+def _run_locked(cfg: config_lib.DistillConfig, workdir: str, *,
+                dataset: data.Dataset | None, data_dir: str | None,
+                resume: bool, show_progress: bool,
+                stop_at: int | None) -> dict:
+  """`run` while it holds the workdir lock."""
   if jax.default_backend() == "cpu":
     layers.tune_cpu_malloc()
   os.makedirs(workdir, exist_ok=True)
   cfg_path = os.path.join(workdir, "config.json")
   if resume and os.path.exists(cfg_path):
-    _check_resume_config(cfg_path, cfg)
+    loop_lib.check_resume_config(cfg_path, cfg, _RUN_CONTROL)
   storage.atomic_write(cfg_path, lambda f: f.write(cfg.to_json()), mode="w")
 
   ds = dataset if dataset is not None else load_data(cfg, data_dir)
+  ds, zca = whiten(ds, cfg.zca_reg) if cfg.zca else (ds, None)
   if cfg.real_batch > len(ds.y_train):
     raise ValueError(f"real_batch={cfg.real_batch} exceeds the "
                      f"{len(ds.y_train)} training images.")
@@ -153,122 +138,91 @@ def run(cfg: config_lib.DistillConfig, workdir: str, *,
   n_train = len(ds.y_train)
   steps_per_epoch = max(1, n_train // cfg.real_batch)
   total = cfg.outer_steps or max(1, round(cfg.outer_epochs * steps_per_epoch))
-  tx = outer.optimizer(cfg, steps_per_epoch)
-  state = outer.init_state(learned, tx)
-  outer_step = outer.make_step(cfg, model.apply, model.init, tx)
-
-  mngr = checkpoint.manager(workdir)
-  start, elapsed = 0, 0.0
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if resume:
-    restored_step, state = checkpoint.restore_latest(mngr, state)
-    start = int(restored_step or 0)
-    elapsed = truncate_metrics(metrics_path, start)
-  elif os.path.exists(metrics_path):
-    os.remove(metrics_path)
+  if cfg.learn_labels:
+    learned["y"] = jax.nn.one_hot(labels, ds.num_classes, dtype=jnp.float32)
+  tx = dd.optimizer(cfg, steps_per_epoch)
+  state = dd.init_state(learned, tx)
+  outer_step = dd.make_step(cfg, model.apply, model.init, tx)
 
   x_train = jax.device_put(ds.x_train)
   y_train = jnp.asarray(ds.y_train)
   x_val, y_val = jax.device_put(ds.x_val), jnp.asarray(ds.y_val)
   val_params0 = inits.heldout(cfg.init_mode, source, model.init, k_val,
                               cfg.val_inits)
-  best_path = os.path.join(workdir, "best_val.npz")
-  best = _load_best(best_path) if resume else None
-  if not resume and os.path.exists(best_path):
-    os.remove(best_path)
-  bar = progress_lib.Progress(total, start, enabled=show_progress,
-                              time_budget_s=cfg.time_budget_s)
-  t0 = time.time() - elapsed  # wall time counts across resumes.
-  step = start
-  if step < total:  # compile now, then return the compiler's freed memory.
-    xla_options.precompile(
-        outer_step, state, labels, x_train, y_train,
-        batch_indices(cfg.seed, step, n_train, cfg.real_batch), k_steps,
-        source)
-  with open(metrics_path, "a") as log:
-    while step < total:
-      idx = batch_indices(cfg.seed, step, n_train, cfg.real_batch)
-      state, m = outer_step(state, labels, x_train, y_train, idx, k_steps,
-                            source)
-      step += 1
-      if step % cfg.log_every == 0 or step == total:
-        rec = {"step": step, "time_s": round(time.time() - t0, 3),
-               **{k: float(v) for k, v in m.items()}}
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
-          acc = evaluate.replay_accuracy(
-              model.apply, val_params0, state.learned, labels,
-              x_val, y_val, epochs=cfg.epochs, batch=cfg.eval_batch)
-          rec["val_acc"] = float(acc.mean())
-          if cfg.select_on_val and (best is None or
-                                    rec["val_acc"] > best["val_acc"]):
-            best = {"step": step, "val_acc": rec["val_acc"],
-                    "learned": jax.tree.map(np.asarray, state.learned)}
-            _save_best(best_path, best)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-        bar.update(step, loss=rec["loss"], **(
-            {"val_acc": rec["val_acc"]} if "val_acc" in rec else {}))
-      if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-        checkpoint.save(mngr, step, state)
-      if cfg.time_budget_s and time.time() - t0 > cfg.time_budget_s:
-        break
-      if stop_at is not None and step >= stop_at:
-        checkpoint.save(mngr, step, state)
-        return {"interrupted_at": step}
-  bar.update(total if step == total else step)
-  train_time = time.time() - t0
-  checkpoint.save(mngr, step, state)
-  learned, selected = state.learned, {"step": step, "rule": "last"}
-  if best is not None:
-    learned = best["learned"]
-    selected = {"step": best["step"], "rule": "best validation accuracy",
-                "val_acc": best["val_acc"]}
-  return finalize(cfg, workdir, ds, model, learned, labels, source,
-                  k_eval, outer_steps=step, train_time=train_time,
-                  selected=selected)
+  eval_problem = replay_problem(cfg, model)
+
+  def evaluate_candidate(learned):
+    acc = evaluate.replay_accuracy(
+        model.apply, val_params0, learned, labels, x_val, y_val,
+        epochs=cfg.epochs, batch=cfg.eval_batch, problem=eval_problem,
+        key=jax.random.fold_in(k_val, 1))
+    return 100.0 * float(acc.mean())
+
+  loop = loop_lib.LoopConfig(
+      total=total, seed=cfg.seed, real_batch=cfg.real_batch,
+      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+      eval_every=cfg.eval_every, eval_last=cfg.eval_every > 0,
+      select=cfg.select_on_val, time_budget_s=cfg.time_budget_s)
+  out = loop_lib.outer_loop(
+      workdir, state, outer_step,
+      lambda idx: (labels, x_train, y_train, idx, k_steps, source),
+      n_train=n_train, loop=loop, advice=guard_lib.advice(cfg.outer_lr),
+      evaluate=evaluate_candidate if len(ds.y_val) else None,
+      resume=resume, show_progress=show_progress, stop_at=stop_at)
+  if out.interrupted:
+    return {"interrupted_at": out.steps}
+  selected = {"step": out.best_step, "rule": "last"}
+  if out.best_val is not None and cfg.select_on_val:
+    selected = {"step": out.best_step, "rule": "best validation accuracy",
+                "val_acc": out.best_val}
+  return finalize(cfg, workdir, ds, model, out.learned, labels, source,
+                  k_eval, outer_steps=out.steps,
+                  train_time=out.train_time_s, selected=selected, zca=zca)
 
 
-def _save_best(path: str, best: dict) -> None:
-  arrays = {f"learned/{k}": v for k, v in best["learned"].items()}
-  arrays["step"] = np.array(best["step"])
-  arrays["val_acc"] = np.array(best["val_acc"])
-  storage.atomic_write(path, lambda f: np.savez(f, **arrays))
+def whiten(ds: data.Dataset, reg: float):
+  """`ds` with every split ZCA-whitened by a transform fitted on train."""
+  z = zca_lib.fit(ds.x_train, reg)
+  return dataclasses.replace(
+      ds, x_train=zca_lib.apply(z, ds.x_train),
+      x_val=zca_lib.apply(z, ds.x_val) if len(ds.y_val) else ds.x_val,
+      x_test=zca_lib.apply(z, ds.x_test)), z
 
 
-def _load_best(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with np.load(path, allow_pickle=False) as z:
-    return {"step": int(z["step"]), "val_acc": float(z["val_acc"]),
-            "learned": {k.split("/", 1)[1]: z[k] for k in z.files
-                        if k.startswith("learned/")}}
+def replay_problem(cfg: config_lib.DistillConfig, model: models.Model):
+  """How a DD set is evaluated: replayed with the run's inner optimiser and
+  augmentation (plain GD with the learned lrs for the paper's setting)."""
+  if cfg.inner_opt == "gd" and not cfg.inner_wd and cfg.syn_aug == "none":
+    return None  # `evaluate.replay_problem`, shared by every caller.
+  return dd.problem(cfg, model.apply, remat="none")
 
 
 def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
              outer_steps: int, train_time: float,
-             selected: dict | None = None) -> dict:
+             selected: dict | None = None, zca=None) -> dict:
   """Evaluates on held-out inits and writes distilled.npz, PNGs, report."""
   learned = jax.tree.map(np.asarray, learned)
   params0 = inits.heldout(cfg.init_mode, source, model.init, key,
                           cfg.eval_inits)
   t = time.time()
-  test_acc = evaluate.replay_accuracy(
-      model.apply, params0, learned, labels, jax.device_put(ds.x_test),
-      jnp.asarray(ds.y_test), epochs=cfg.epochs, batch=cfg.eval_batch)
-  val_acc = (evaluate.replay_accuracy(
-      model.apply, params0, learned, labels, jax.device_put(ds.x_val),
-      jnp.asarray(ds.y_val), epochs=cfg.epochs, batch=cfg.eval_batch)
+  replay = functools.partial(
+      evaluate.replay_accuracy, model.apply, params0, learned, labels,
+      epochs=cfg.epochs, batch=cfg.eval_batch,
+      problem=replay_problem(cfg, model), key=jax.random.fold_in(key, 1))
+  test_acc = replay(jax.device_put(ds.x_test), jnp.asarray(ds.y_test))
+  val_acc = (replay(jax.device_put(ds.x_val), jnp.asarray(ds.y_val))
              if len(ds.y_val) else None)
   eval_time = time.time() - t
-  metadata = {"dataset": ds.name, "arch": cfg.arch, "num_classes":
-              ds.num_classes, "image_shape": list(ds.image_shape),
-              "init_mode": cfg.init_mode, "config": dataclasses.asdict(cfg),
-              "outer_steps": outer_steps, "source": ds.source}
   init_params = source.get("fixed") if cfg.init_mode == "fixed" else None
   path = os.path.join(workdir, "distilled.npz")
-  storage.save_distilled(path, learned, np.asarray(labels), steps=cfg.steps,
-                         epochs=cfg.epochs, mean=ds.mean, std=ds.std,
-                         metadata=metadata, init_params=init_params)
+  storage.save_distilled_set(path, distilled_set.DistilledSet.from_dd(
+      learned["x"], labels, learned["raw_lr"], epochs=cfg.epochs,
+      soft_labels=learned.get("y"), mean=ds.mean, std=ds.std,
+      class_names=ds.class_names, dataset=ds.name,
+      model=distilled_set.model_spec(cfg),
+      metadata={"init_mode": cfg.init_mode, "config": dataclasses.asdict(cfg),
+                "outer_steps": outer_steps, "source": ds.source},
+      init_params=jax.tree.map(np.asarray, init_params), zca=zca))
   viz.save_step_grids(os.path.join(workdir, "steps"), learned["x"],
                       np.asarray(labels), np.asarray(distilled.lrs(learned)),
                       ds.mean, ds.std, ds.class_names)
@@ -287,18 +241,3 @@ def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
   }
   storage.write_json(os.path.join(workdir, "report.json"), report)
   return report
-
-
-def truncate_metrics(path: str, step: int) -> float:
-  """Drops records after `step` from a metrics.jsonl (used on resume).
-
-  Returns the `time_s` of the last record kept (0.0 if none), so a resumed
-  run's clock continues from the interrupted one (the time between its last
-  log line and its checkpoint is not counted).
-  """
-  if not os.path.exists(path):
-    return 0.0
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
-  storage.atomic_write(path, lambda f: f.writelines(lines), mode="w")
-  return float(json.loads(lines[-1]).get("time_s", 0.0)) if lines else 0.0

@@ -37,8 +37,6 @@ dd_random_pretrained/, dd_fixed_pretrained/.
 import dataclasses
 import os
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 
@@ -50,9 +48,9 @@ from distill_jax import models
 from distill_jax import pretrain
 from distill_jax import storage
 from experiments import common
+from experiments import configs
+from experiments import presets
 from experiments import table1
-
-FLAGS = flags.FLAGS
 
 # RESULTS.md 1.2 (Wang et al. 2018, Table 2).
 PAPER = {
@@ -73,78 +71,9 @@ table1.ROW_NAMES.update({
     "no_adaptation": "no adaptation", "full_target": "train on full target"})
 
 
-@dataclasses.dataclass(frozen=True)
-class AdaptConfig:
-  """Flags of the adaptation experiment."""
-  source: str = "usps"
-  target: str = "mnist"
-  image_size: int = 28
-  channels: int = 0  # 0 = native; 3 replicates grayscale (for SVHN).
-  arch: str = "lenet"
-  pool: str = ""  # existing source pool.npz; empty = pretrain one here.
-  pool_size: int = 30
-  pool_heldout: int = 10
-  pretrain_epochs: float = 5.0
-  steps: int = 10
-  epochs: int = 3
-  lr_init: float = 0.02
-  real_batch: int = 1024
-  dd_time_budget_s: float = 900.0
-  dd_outer_steps: int = 0
-  lr_grid: str = "learned,0.001,0.003,0.01,0.03,0.1,0.3"
-  epoch_grid: tuple[int, ...] = (1, 3, 5)
-  val_inits: int = 5
-  random_sets: int = 5
-  optimized_sets: int = 20
-  kmeans_seeds: int = 3
-  full_target_epochs: int = 1
-  full_target_lr: float = 0.01
-  full_target_batch: int = 64
-  val_size: int = 5000
-  train_limit: int = 0
-  eval_batch: int = 2000
-  seed: int = 0
-
-  def validate(self) -> "AdaptConfig":
-    if self.source == self.target:
-      raise ValueError("source and target must differ.")
-    if self.arch not in config_lib.ARCHS:
-      raise ValueError(f"arch={self.arch!r}; choose from {config_lib.ARCHS}.")
-    if ("svhn_cropped" in (self.source, self.target) and
-        (self.image_size != 32 or self.channels != 3)):
-      raise ValueError(
-          "SVHN images are 32x32 RGB: pass --image_size=32 --channels=3 so "
-          "the other dataset is resized and replicated to match (SVHN comes "
-          "from TFDS online; it has no local copy).")
-    for name in ("pool_size", "pool_heldout", "val_inits", "steps",
-                 "epochs", "full_target_epochs", "full_target_batch"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-    if self.pool_size - self.pool_heldout < self.val_inits:
-      raise ValueError(
-          f"pool_size={self.pool_size} - pool_heldout={self.pool_heldout} "
-          f"leaves fewer training networks than val_inits={self.val_inits}.")
-    if self.val_size < 1:
-      raise ValueError("val_size must be >= 1 (selection on validation).")
-    baselines.parse_lr_grid(self.lr_grid)
-    return self
-
-
-def preset(name: str = "default") -> AdaptConfig:
-  if name == "default":
-    return AdaptConfig()
-  if name == "smoke":
-    return AdaptConfig(arch="mlp", pool_size=3, pool_heldout=1, val_inits=1,
-                       pretrain_epochs=0.2, steps=2, epochs=2,
-                       real_batch=32, dd_time_budget_s=0.0, dd_outer_steps=2,
-                       lr_grid="learned,0.01", epoch_grid=(1,),
-                       random_sets=1, optimized_sets=2, kmeans_seeds=1,
-                       full_target_batch=16, val_size=50, train_limit=200,
-                       eval_batch=64)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+AdaptConfig = configs.AdaptConfig
+PRESETS = presets.ADAPTATION
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 def run(cfg: AdaptConfig, workdir: str, *, data_dir=None,
@@ -196,7 +125,7 @@ def run(cfg: AdaptConfig, workdir: str, *, data_dir=None,
                        dataset=tgt, show_progress=show_progress)
     rows[f"dd_{mode}"] = {"test_acc": report["test_acc"],
                           "outer_steps": report["outer_steps"]}
-    dd[mode] = storage.load_distilled(
+    dd[mode] = storage.load_distilled_set(
         os.path.join(workdir, f"dd_{mode}", "distilled.npz"))
     log(f"DD {mode}: {report['test_acc']['mean']:.2f}")
 
@@ -245,14 +174,9 @@ def run(cfg: AdaptConfig, workdir: str, *, data_dir=None,
                    for k, r in rows.items()}}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, AdaptConfig)
-  common.run_and_report(run, cfg, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                        show_progress=FLAGS.progress)
+main = common.config_main(PRESETS, AdaptConfig, run)
 
 
 if __name__ == "__main__":
   common.define_flags(PRESETS, cfg_cls=AdaptConfig)
-  app.run(main)
+  common.run(main)

@@ -8,7 +8,7 @@ Every prefix budget (1..boost_blocks blocks) is evaluated with the
 validation-selected RaT-BPTT protocol.
 
 Command (2-core CPU; slow with beta 0.01 is the reading the intercorrelation
-study selected on validation, README):
+study selected on validation, docs/results/intercorrelation.md):
 
   python -m experiments.boost_dd --workdir=/tmp/boost_fashion \
       --data_dir=../shared/datasets --preset=cpu --boost_mode=slow \
@@ -25,28 +25,15 @@ Presets:
   * smoke: seconds, for tests.
 """
 
-import dataclasses
-
-from absl import app
-
 from distill_jax import boost
 from distill_jax import rat_bptt
-from experiments import rat_bptt_fashion as base
+from experiments import common
+from experiments import presets
 
-
-def preset(name: str = "cpu") -> rat_bptt.RatConfig:
-  if name == "cpu":
-    return dataclasses.replace(base.cpu("fashion_mnist", 1), boost_blocks=5,
-                               boost_beta=0.1, outer_steps=150,
-                               time_budget_s=600.0, eval_every=50)
-  if name == "smoke":
-    return dataclasses.replace(base.smoke("fashion_mnist"), boost_blocks=2)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("cpu", "smoke")}
-main = base.make_main(PRESETS, boost.run)
+PRESETS = presets.BOOST_DD
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
+main = common.rat_main(PRESETS, boost.run)
 
 if __name__ == "__main__":
-  base.define_flags(PRESETS, "cpu")
-  app.run(main)
+  common.define_flags(PRESETS, cfg_cls=rat_bptt.RatConfig)
+  common.run(main)

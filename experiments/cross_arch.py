@@ -18,7 +18,7 @@ Command (2-core CPU):
 Measured (--eval_inits=20, the 4-inits random-init MNIST set): 15 minutes
 of wall-clock sharing the CPU with another run (the ConvNet-128 leg is most
 of it). Replay: LeNet 79.2, ConvNet 77.5 (-1.7), MLP 69.9 (-9.3); retrain:
-LeNet 78.1, ConvNet 81.1 (+3.0), MLP 70.6 (-7.5) (README).
+LeNet 78.1, ConvNet 81.1 (+3.0), MLP 70.6 (-7.5) (docs/results/cross_arch.md).
 Outputs: WORKDIR/cross_arch.json.
 """
 
@@ -26,8 +26,6 @@ import dataclasses
 import functools
 import os
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 
@@ -38,72 +36,27 @@ from distill_jax import models
 from distill_jax import storage
 from distill_jax import train
 from experiments import common
-
-FLAGS = flags.FLAGS
-
-
-@dataclasses.dataclass(frozen=True)
-class CrossArchConfig:
-  """Flags of the cross-architecture evaluation."""
-  distilled: str = ""
-  archs: str = "lenet,convnet,mlp"
-  eval_inits: int = 50
-  val_inits: int = 5
-  retrain_lrs: str = "0.001,0.01,0.1"
-  retrain_epochs: int = 30
-  retrain_batch: int = 10
-  eval_batch: int = 100  # images per forward (x 10 networks): bounds memory
-  seed: int = 1
-
-  def arch_list(self) -> tuple[str, ...]:
-    return tuple(a.strip() for a in self.archs.split(",") if a.strip())
-
-  def lr_list(self) -> tuple[float, ...]:
-    try:
-      lrs = tuple(float(v) for v in self.retrain_lrs.split(",") if v.strip())
-    except ValueError:
-      raise ValueError(f"retrain_lrs={self.retrain_lrs!r} must be numbers, "
-                       "e.g. 0.001,0.01") from None
-    if not lrs or min(lrs) <= 0:
-      raise ValueError(f"retrain_lrs={self.retrain_lrs!r} must be > 0.")
-    return lrs
-
-  def validate(self) -> "CrossArchConfig":
-    if not self.distilled:
-      raise ValueError("--distilled is required: a distilled.npz written by "
-                       "one of the experiments (e.g. dd_mnist_random).")
-    bad = [a for a in self.arch_list() if a not in config_lib.ARCHS]
-    if bad or not self.arch_list():
-      raise ValueError(f"archs={self.archs!r}: choose from "
-                       f"{list(config_lib.ARCHS)}.")
-    self.lr_list()
-    for name in ("eval_inits", "val_inits", "retrain_epochs",
-                 "retrain_batch"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-    return self
+from experiments import configs
+from experiments import presets
 
 
-def preset(name: str = "default") -> CrossArchConfig:
-  if name == "default":
-    return CrossArchConfig()
-  if name == "smoke":
-    return CrossArchConfig(eval_inits=2, val_inits=1, retrain_lrs="0.01",
-                           retrain_epochs=2, eval_batch=64)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+CrossArchConfig = configs.CrossArchConfig
+PRESETS = presets.CROSS_ARCH
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 def run(cfg: CrossArchConfig, workdir: str, *, data_dir=None,
         show_progress: bool = True) -> dict:
   cfg.validate()
   del show_progress
-  d = storage.load_distilled(cfg.distilled)
-  if "config" not in d.metadata:
+  dset = storage.load_distilled_set(cfg.distilled)
+  if dset.method != "dd":
+    raise ValueError(f"{cfg.distilled} is a {dset.method} set; pass the "
+                     "distilled.npz of a DD run (experiments/dd_*.py).")
+  if "config" not in dset.metadata:
     raise ValueError(f"{cfg.distilled} has no config in its metadata.")
-  src_cfg = config_lib.DistillConfig.from_dict(d.metadata["config"])
+  src_cfg = config_lib.DistillConfig.from_dict(dset.metadata["config"])
+  d = dset.as_dd()  # the learned steps, replayed in order.
   ds = train.load_data(src_cfg, data_dir)
   if len(ds.y_val) == 0:
     raise ValueError("The distilled set's run had val_size=0; retrain lr "
@@ -170,14 +123,9 @@ def make_retrain(model, d, key, cfg):
   return retrain
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, CrossArchConfig)
-  common.run_and_report(run, cfg, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                        show_progress=FLAGS.progress)
+main = common.config_main(PRESETS, CrossArchConfig, run)
 
 
 if __name__ == "__main__":
   common.define_flags(PRESETS, cfg_cls=CrossArchConfig)
-  app.run(main)
+  common.run(main)

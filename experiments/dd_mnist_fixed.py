@@ -19,32 +19,13 @@ Presets: `default` (the run above), `paper` (400 outer epochs, the
 reference schedule), `smoke` (seconds, for tests).
 """
 
-import dataclasses
-
-from absl import app
-
-from distill_jax import config as config_lib
 from experiments import common
+from experiments import presets
 
-
-def preset(name: str = "default") -> config_lib.DistillConfig:
-  cfg = config_lib.DistillConfig(dataset="mnist", arch="lenet",
-                                 init_mode="fixed", steps=10, epochs=3,
-                                 eval_inits=1, val_inits=1)
-  if name == "default":
-    return dataclasses.replace(cfg, outer_epochs=240, eval_every=500)
-  if name == "paper":
-    return cfg
-  if name == "smoke":
-    return dataclasses.replace(cfg, outer_steps=3, real_batch=32, steps=2,
-                               epochs=2, train_limit=200, val_size=50,
-                               log_every=1, checkpoint_every=2)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "paper", "smoke")}
+PRESETS = presets.DD_MNIST_FIXED
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 main = common.distill_main(PRESETS)
 
 if __name__ == "__main__":
   common.define_flags(PRESETS)
-  app.run(main)
+  common.run(main)

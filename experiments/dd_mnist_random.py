@@ -26,33 +26,13 @@ Presets: `default` (the CPU budget above), `paper` (400 outer epochs),
 `smoke` (seconds, for tests).
 """
 
-import dataclasses
-
-from absl import app
-
-from distill_jax import config as config_lib
 from experiments import common
+from experiments import presets
 
-
-def preset(name: str = "default") -> config_lib.DistillConfig:
-  cfg = config_lib.DistillConfig(dataset="mnist", arch="lenet",
-                                 init_mode="random", steps=10, epochs=3)
-  if name == "default":
-    return dataclasses.replace(cfg, num_inits=4, outer_epochs=50,
-                               decay_epochs=15, val_inits=50,
-                               eval_every=250)
-  if name == "paper":
-    return cfg
-  if name == "smoke":
-    return dataclasses.replace(cfg, outer_steps=3, real_batch=32, steps=2,
-                               epochs=2, train_limit=200, val_size=50,
-                               eval_inits=3, val_inits=2, log_every=1)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "paper", "smoke")}
+PRESETS = presets.DD_MNIST_RANDOM
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 main = common.distill_main(PRESETS)
 
 if __name__ == "__main__":
   common.define_flags(PRESETS)
-  app.run(main)
+  common.run(main)

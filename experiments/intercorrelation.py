@@ -38,7 +38,6 @@ import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -51,24 +50,12 @@ from distill_jax import rat_eval
 from distill_jax import rat_train
 from distill_jax import storage
 from distill_jax import viz
-from experiments import rat_bptt_fashion as base
+from experiments import common
+from experiments import presets
 
 
-def preset(name: str = "cpu") -> rat_bptt.RatConfig:
-  if name == "cpu":
-    return dataclasses.replace(base.cpu("fashion_mnist", 1), outer_steps=100,
-                               time_budget_s=600.0, eval_every=50,
-                               eval_nets=4, boost_beta=0.1)
-  if name == "cpu_w32":
-    return dataclasses.replace(base.cpu("fashion_mnist", 1), width=32,
-                               outer_steps=300, time_budget_s=0.0,
-                               eval_every=100, eval_nets=4, boost_beta=0.1)
-  if name == "smoke":
-    return base.smoke("fashion_mnist")
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("cpu", "cpu_w32", "smoke")}
+PRESETS = presets.INTERCORRELATION
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 def _col(mode: str) -> str:
@@ -115,11 +102,11 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
         c, d, **kw))
     boost_acc[mode] = {r["ipc"]: r["test_acc"] for r in boosted["budgets"]}
 
-  big = storage.load_distilled(
-      os.path.join(workdir, f"direct_ipc{budgets[-1]}", "distilled.npz"))
+  big = storage.load_distilled_set(os.path.join(
+      workdir, f"direct_ipc{budgets[-1]}", "distilled.npz")).per_class()
   c = ds.num_classes
-  x_big = big.x[0].reshape(c, budgets[-1], *big.x.shape[2:])
-  y_big = big.extra.get("soft_labels")
+  x_big = big.x  # (c, budgets[-1], H, W, C)
+  y_big = big.targets if big.soft else None
   model = models.build(cfg, ds.image_shape, c)
   rng = np.random.default_rng(cfg.seed)
   subset = {}
@@ -181,16 +168,18 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
   return {"test_acc": None, **table}
 
 
-main = base.make_main(PRESETS, run, lambda: dict(
+main = common.rat_main(PRESETS, run, lambda: dict(
     budgets=tuple(int(b) for b in flags.FLAGS.budgets),
     subset_draws=flags.FLAGS.subset_draws,
     boost_modes=tuple(flags.FLAGS.boost_modes)))
 
 
 if __name__ == "__main__":
-  base.define_flags(PRESETS, "cpu")
-  flags.DEFINE_list("budgets", ["1", "2", "5", "10"], "Images per class.")
-  flags.DEFINE_integer("subset_draws", 3, "Random subsets per budget.")
-  flags.DEFINE_list("boost_modes", ["frozen", "slow"],
-                    "Boost-DD readings to compare (distill_jax.boost).")
-  app.run(main)
+  common.define_flags(PRESETS, cfg_cls=rat_bptt.RatConfig)
+  common.define_int_list("budgets", (1, 2, 5, 10),
+                         "budgets compared, in images per class")
+  flags.DEFINE_integer("subset_draws", 3, "random subsets drawn per budget")
+  common.define_choice_list("boost_modes", ("frozen", "slow"),
+                            rat_bptt.BOOST_MODES,
+                            "Boost-DD readings compared (distill_jax.boost)")
+  common.run(main)

@@ -20,8 +20,6 @@ WORKDIR/linear_regression.png (residual against M, both curves).
 import dataclasses
 import os
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
 
@@ -29,40 +27,13 @@ from distill_jax import linear_regression
 from distill_jax import storage
 from distill_jax import viz
 from experiments import common
-
-FLAGS = flags.FLAGS
-
-
-@dataclasses.dataclass(frozen=True)
-class LinRegConfig:
-  dim: int = 10
-  num_data: int = 200
-  num_inits: int = 256
-  lr: float = 1.0
-  fit_steps: int = 3000
-  seed: int = 0
-
-  def validate(self) -> "LinRegConfig":
-    for name in ("dim", "num_data", "num_inits", "fit_steps"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-    if self.num_data < self.dim:
-      raise ValueError(f"num_data={self.num_data} < dim={self.dim}: d^T d "
-                       "would be singular; use num_data >= dim.")
-    if not self.lr > 0:
-      raise ValueError(f"lr={self.lr} must be > 0.")
-    return self
+from experiments import configs
+from experiments import presets
 
 
-def preset(name: str = "default") -> LinRegConfig:
-  if name == "default":
-    return LinRegConfig()
-  if name == "smoke":
-    return LinRegConfig(dim=3, num_data=20, num_inits=32, fit_steps=300)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+LinRegConfig = configs.LinRegConfig
+PRESETS = presets.LINEAR_REGRESSION
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 def run(cfg: LinRegConfig, workdir: str, **unused) -> dict:
@@ -105,13 +76,9 @@ def run(cfg: LinRegConfig, workdir: str, **unused) -> dict:
           "output": os.path.join(workdir, "linear_regression.json")}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, LinRegConfig)
-  common.run_and_report(run, cfg, FLAGS.workdir)
+main = common.config_main(PRESETS, LinRegConfig, run)
 
 
 if __name__ == "__main__":
   common.define_flags(PRESETS, cfg_cls=LinRegConfig)
-  app.run(main)
+  common.run(main)

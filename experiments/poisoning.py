@@ -15,7 +15,7 @@ Command (2-core CPU):
   python -m experiments.poisoning --workdir=/tmp/poison_mnist \
       --data_dir=../shared/datasets --poison_source=0 --poison_target=1
 
-Measured (2026-11-22, defaults: 100 train / 50 held-out LeNets pretrained
+Measured (defaults: 100 train / 50 held-out LeNets pretrained
 for 0.5 epoch, 1,500 outer steps with 4 pool networks each): 44 min wall
 while sharing the 2 cores with two other runs (about 20 min alone,
 estimate). On the 50 held-out networks, class 0 classified as 1: 0.01% ->
@@ -27,8 +27,6 @@ WORKDIR/pool/pool.npz, WORKDIR/dd/ (distilled.npz, step PNGs).
 import dataclasses
 import os
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,60 +39,13 @@ from distill_jax import pretrain
 from distill_jax import storage
 from distill_jax import train
 from experiments import common
-
-FLAGS = flags.FLAGS
-
-
-@dataclasses.dataclass(frozen=True)
-class PoisonConfig:
-  """Flags of the poisoning experiment."""
-  dataset: str = "mnist"
-  arch: str = "lenet"
-  pool: str = ""  # existing pool.npz; empty = pretrain one here.
-  pool_train: int = 100  # networks that train the attack (paper: 2000).
-  pool_heldout: int = 50  # held-out networks for evaluation (paper: 200).
-  pretrain_epochs: float = 0.5
-  poison_source: int = 0
-  poison_target: int = 1
-  steps: int = 1
-  epochs: int = 1
-  images_per_class_per_step: int = 1
-  lr_init: float = 0.02
-  num_inits: int = 4
-  real_batch: int = 1024
-  outer_steps: int = 1500
-  time_budget_s: float = 0.0
-  outer_epochs: float = 50.0
-  val_size: int = 5000
-  train_limit: int = 0
-  eval_batch: int = 2000
-  seed: int = 0
-
-  def validate(self) -> "PoisonConfig":
-    for name in ("pool_train", "pool_heldout", "steps", "epochs",
-                 "images_per_class_per_step", "num_inits", "real_batch"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-    if self.poison_source == self.poison_target:
-      raise ValueError("poison_source and poison_target must differ.")
-    if min(self.poison_source, self.poison_target) < 0:
-      raise ValueError("poison_source/poison_target must be class indices.")
-    return self
+from experiments import configs
+from experiments import presets
 
 
-def preset(name: str = "default") -> PoisonConfig:
-  if name == "default":
-    return PoisonConfig()
-  if name == "smoke":
-    return PoisonConfig(arch="mlp", pool_train=2, pool_heldout=2,
-                        pretrain_epochs=0.2,
-                        num_inits=2, real_batch=32, outer_steps=2,
-                        time_budget_s=0.0, val_size=50, train_limit=200,
-                        eval_batch=64)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+PoisonConfig = configs.PoisonConfig
+PRESETS = presets.POISONING
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 def poison_metrics(apply_fn, params, x, y, source: int, target: int,
@@ -147,7 +98,7 @@ def run(cfg: PoisonConfig, workdir: str, *, data_dir=None,
   pool, _ = storage.load_pool(pool_path)
   heldout = jax.tree.map(lambda p: jnp.asarray(p[-cfg.pool_heldout:]), pool)
   model = models.build(dcfg, ds.image_shape, ds.num_classes)
-  d = storage.load_distilled(os.path.join(dd_dir, "distilled.npz"))
+  d = storage.load_distilled_set(os.path.join(dd_dir, "distilled.npz")).as_dd()
   after = evaluate.replay(model.apply, heldout,
                           jax.tree.map(jnp.asarray, d.learned()),
                           jnp.asarray(d.labels), epochs=d.epochs)
@@ -179,14 +130,9 @@ def run(cfg: PoisonConfig, workdir: str, *, data_dir=None,
                                  "heldout_models")}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, PoisonConfig)
-  common.run_and_report(run, cfg, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                        show_progress=FLAGS.progress)
+main = common.config_main(PRESETS, PoisonConfig, run)
 
 
 if __name__ == "__main__":
   common.define_flags(PRESETS, cfg_cls=PoisonConfig)
-  app.run(main)
+  common.run(main)

@@ -15,37 +15,14 @@ Writes WORKDIR/pool.npz (use with --init_mode=random_pretrained
 --pretrained_pool=WORKDIR/pool.npz) and WORKDIR/report.json.
 """
 
-import dataclasses
-
-from absl import app
-from absl import flags
-
 from distill_jax import pretrain
 from experiments import common
+from experiments import presets
 
-FLAGS = flags.FLAGS
-
-
-def preset(name: str = "default") -> pretrain.PretrainConfig:
-  if name == "default":
-    return pretrain.PretrainConfig()
-  if name == "smoke":
-    return pretrain.PretrainConfig(num_nets=2, epochs=0.2, chunk=2,
-                                   batch_size=16)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, pretrain.PretrainConfig)
-  common.run_and_report(pretrain.run, cfg, FLAGS.workdir,
-                        data_dir=FLAGS.data_dir, show_progress=FLAGS.progress)
-
+PRESETS = presets.PRETRAIN
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
+main = common.config_main(PRESETS, pretrain.PretrainConfig, pretrain.run)
 
 if __name__ == "__main__":
   common.define_flags(PRESETS, cfg_cls=pretrain.PretrainConfig)
-  app.run(main)
+  common.run(main)

@@ -11,12 +11,12 @@ Command (2-core CPU; MNIST from ../shared/datasets):
 Presets (see experiments/rat_bptt_fashion.py for the shared settings):
   * cpu_ipc1 (default): N=60, M=20 random, SGD-m 0.01, real batch 200, 300
     outer steps (capped at 40 min), 8 eval nets at 300/600/1000 steps.
-    Measured 2026-11-22 on one core (`taskset -c 1`, another job on the
+    Measured on one core (`taskset -c 1`, another job on the
     other): 17 min of distillation (3.4 s per outer step with candidate
     evaluations) + 5 min of evaluation: 85.97 +- 0.90% test over 8 nets
     (validation-selected budget 1000, checkpoint 300, the last: still
     improving). RaT-BPTT reports no MNIST numbers (DC/MTT/FRePo: 91-93%).
-  * cpu_ipc10: measured 2026-11-22 on one core (`taskset -c 1`, other work
+  * cpu_ipc10: measured on one core (`taskset -c 1`, other work
     on the other core): 30 min of distillation (6.1 s per outer step with
     candidate evaluations) + 9 min of evaluation: 91.94 +- 0.40% test over
     8 nets (validation-selected budget 300, checkpoint 300, the last).
@@ -24,30 +24,15 @@ Presets (see experiments/rat_bptt_fashion.py for the shared settings):
   * smoke: seconds, for tests.
 """
 
-from absl import app
-
 from distill_jax import rat_bptt
 from distill_jax import rat_train
-from experiments import rat_bptt_fashion as base
+from experiments import common
+from experiments import presets
 
-
-def preset(name: str = "cpu_ipc1") -> rat_bptt.RatConfig:
-  if name == "cpu_ipc1":
-    return base.cpu("mnist", 1, digits=True)
-  if name == "cpu_ipc10":
-    return base.cpu("mnist", 10, digits=True)
-  if name == "gpu_ipc1":
-    return base.gpu("mnist", 1, digits=True)
-  if name == "gpu_ipc10":
-    return base.gpu("mnist", 10, digits=True)
-  if name == "smoke":
-    return base.smoke("mnist", digits=True)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in base.NAMES}
-main = base.make_main(PRESETS, rat_train.run)
+PRESETS = presets.RAT_BPTT_MNIST
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
+main = common.rat_main(PRESETS, rat_train.run)
 
 if __name__ == "__main__":
-  base.define_flags(PRESETS, "cpu_ipc1")
-  app.run(main)
+  common.define_flags(PRESETS, cfg_cls=rat_bptt.RatConfig)
+  common.run(main)

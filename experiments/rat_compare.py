@@ -23,8 +23,9 @@ With --time_budget_s=S and a large --outer_steps every distillation gets S
 seconds of wall-clock instead (an equal CPU budget; run nothing else on the
 cores); a finished run is then reused only if the budget changes nothing
 (all its outer steps done, in less time than the budget). The
-README's equal-budget table ran each method as its own rat_bptt_fashion
-process pinned to one core, two at a time.
+equal-budget table of docs/results/rat_bptt_vs_full_unroll.md ran each
+method as its own rat_bptt_fashion process pinned to one core, two at a
+time.
 
 Command (2-core CPU, Fashion-MNIST IPC 1; on one core each distillation
 takes 17-30 min and each evaluation of 8 nets about 9 min, about 2 h in all):
@@ -44,7 +45,6 @@ import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -56,7 +56,8 @@ from distill_jax import rat_bptt
 from distill_jax import rat_eval
 from distill_jax import rat_train
 from distill_jax import storage
-from experiments import rat_bptt_fashion as base
+from experiments import common
+from experiments import presets
 
 METHODS = ("rat_random", "rat_end", "full", "random_real", "kmeans")
 DISTILLED = ("rat_random", "rat_end", "full")
@@ -65,19 +66,8 @@ DISTILLED = ("rat_random", "rat_end", "full")
 _RUN_CONTROL = ("eval_batch", "log_every", "checkpoint_every")
 
 
-def preset(name: str = "cpu_ipc1") -> rat_bptt.RatConfig:
-  if name == "cpu_ipc1":
-    return dataclasses.replace(base.cpu("fashion_mnist", 1), time_budget_s=0.0)
-  if name == "cpu_ipc10":
-    return dataclasses.replace(base.cpu("fashion_mnist", 10),
-                               time_budget_s=0.0)
-  if name == "smoke":
-    return base.smoke("fashion_mnist")
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("cpu_ipc1", "cpu_ipc10",
-                                                "smoke")}
+PRESETS = presets.RAT_COMPARE
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 def method_config(cfg: rat_bptt.RatConfig, method: str,
@@ -261,18 +251,20 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, methods=METHODS,
   return {"test_acc": None, **table}
 
 
-main = base.make_main(PRESETS, run, lambda: dict(
+main = common.rat_main(PRESETS, run, lambda: dict(
     methods=tuple(flags.FLAGS.methods),
     full_total_steps=flags.FLAGS.full_total_steps,
     random_dir=flags.FLAGS.random_dir, real_draws=flags.FLAGS.real_draws))
 
 
 if __name__ == "__main__":
-  base.define_flags(PRESETS, "cpu_ipc1")
-  flags.DEFINE_list("methods", list(METHODS), f"Subset of {list(METHODS)}.")
+  common.define_flags(PRESETS, cfg_cls=rat_bptt.RatConfig)
+  common.define_choice_list("methods", METHODS, METHODS,
+                            "rows of the table, in this order")
   flags.DEFINE_integer("full_total_steps", 0,
-                       "N of the full-unroll row; 0 = the window M.")
+                       "inner steps N of the full-unroll row (0: the window "
+                       "M)")
   flags.DEFINE_string("random_dir", "",
-                      "Reuse this finished RaT-BPTT run as the rat_random row.")
-  flags.DEFINE_integer("real_draws", 3, "Random-real sets evaluated.")
-  app.run(main)
+                      "reuse this finished RaT-BPTT run as the rat_random row")
+  flags.DEFINE_integer("real_draws", 3, "random-real sets evaluated")
+  common.run(main)

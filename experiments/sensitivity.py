@@ -20,16 +20,14 @@ Measured with --point_budget_s=0 --point_outer_steps=400 --eval_inits=20
 wall-clock shared with other runs. Steps 1/2/4/10 (2 epochs): 18.9 / 32.0 /
 45.0 / 63.7%; epochs 1/2/3/5 (10 steps): 52.0 / 63.7 / 74.9 / 78.0%; N
 images per class in one step ~13% for every N vs N steps 12.3 / 17.2 / 31.1
-/ 52.0% (README). Short budgets understate all points; the trends are the
-paper's. Outputs: WORKDIR/fig4a_steps.png, fig4b_epochs.png,
-fig5_one_vs_many.png, sensitivity.json, points/<name>/.
+/ 52.0% (docs/results/sensitivity.md). Short budgets understate all
+points; the trends are the paper's. Outputs: WORKDIR/fig4a_steps.png,
+fig4b_epochs.png, fig5_one_vs_many.png, sensitivity.json, points/<name>/.
 """
 
 import dataclasses
 import os
 
-from absl import app
-from absl import flags
 
 from distill_jax import config as config_lib
 from distill_jax import data
@@ -37,56 +35,13 @@ from distill_jax import storage
 from distill_jax import train
 from distill_jax import viz
 from experiments import common
-
-FLAGS = flags.FLAGS
-
-
-@dataclasses.dataclass(frozen=True)
-class SensitivityConfig:
-  """Flags of the sensitivity sweep."""
-  dataset: str = "mnist"
-  arch: str = "lenet"
-  steps_list: tuple[int, ...] = (1, 2, 4, 10)
-  epochs_list: tuple[int, ...] = (1, 2, 3, 5)
-  fig4b_steps: int = 10
-  images_list: tuple[int, ...] = (1, 2, 5, 10)
-  point_budget_s: float = 120.0
-  point_outer_steps: int = 0
-  real_batch: int = 1024
-  lr_init: float = 0.02
-  eval_inits: int = 50
-  val_size: int = 5000
-  train_limit: int = 0
-  eval_batch: int = 2000
-  seed: int = 0
-
-  def validate(self) -> "SensitivityConfig":
-    for name in ("steps_list", "epochs_list", "images_list"):
-      values = getattr(self, name)
-      if not values or min(values) < 1:
-        raise ValueError(f"{name}={values} needs positive integers.")
-    if self.point_budget_s <= 0 and self.point_outer_steps <= 0:
-      raise ValueError("Give each point a budget: point_budget_s > 0 or "
-                       "point_outer_steps > 0.")
-    for name in ("fig4b_steps", "eval_inits", "real_batch"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-    return self
+from experiments import configs
+from experiments import presets
 
 
-def preset(name: str = "default") -> SensitivityConfig:
-  if name == "default":
-    return SensitivityConfig()
-  if name == "smoke":
-    return SensitivityConfig(arch="mlp", steps_list=(2,), epochs_list=(1,),
-                             fig4b_steps=2, images_list=(2,),
-                             point_budget_s=0.0, point_outer_steps=2,
-                             real_batch=32, eval_inits=2, val_size=50,
-                             train_limit=200, eval_batch=64)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+SensitivityConfig = configs.SensitivityConfig
+PRESETS = presets.SENSITIVITY
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 def points(cfg: SensitivityConfig) -> dict:
@@ -151,14 +106,9 @@ def run(cfg: SensitivityConfig, workdir: str, *, data_dir=None,
           "plots": [os.path.join(workdir, p) for p, _ in labels.values()]}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, SensitivityConfig)
-  common.run_and_report(run, cfg, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                        show_progress=FLAGS.progress)
+main = common.config_main(PRESETS, SensitivityConfig, run)
 
 
 if __name__ == "__main__":
   common.define_flags(PRESETS, cfg_cls=SensitivityConfig)
-  app.run(main)
+  common.run(main)

@@ -26,7 +26,7 @@ Commands (2-core CPU, after the two DD runs):
 (AlexCifarNet needs --eval_batch=250: at the default 2000, ten networks'
 convolution patches need 65 GB.)
 
-Measured (MNIST, LeNet, defaults, 2026-11-22; README has the table): DD
+Measured (MNIST, LeNet, defaults; docs/results/dd_mnist_table1.md): DD
 fixed 96.9, DD random 78.7 +- 2.8, random real 72.3 +- 8.3, optimized real
 72.4 +- 7.7, k-means 79.6 +- 8.1, average real 77.0 +- 2.8, k-NN on random
 real 72.5, k-NN on k-means 92.5. About 50 min wall sharing the 2 cores with
@@ -34,7 +34,7 @@ other jobs (alone 25-35 min, estimate); the baseline rows are cached in
 WORKDIR/baselines_cache.json, so a re-run with another --fixed_dir takes
 about 2 minutes. CIFAR-10 (AlexCifarNet, ~30x LeNet per image): the
 reduced command above (selection on 1,000 validation images, 10 test
-networks); see the README for its runtime and numbers. Outputs:
+networks); docs/results/cifar10.md has its runtime and numbers. Outputs:
 WORKDIR/table1.md and table1.json.
 """
 
@@ -42,8 +42,6 @@ import dataclasses
 import json
 import os
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,8 +55,8 @@ from distill_jax import models
 from distill_jax import storage
 from distill_jax import train
 from experiments import common
-
-FLAGS = flags.FLAGS
+from experiments import configs
+from experiments import presets
 
 # RESULTS.md 1.1 (Wang et al. 2018, Table 1): (mean, std or None).
 PAPER = {
@@ -81,68 +79,9 @@ ROW_NAMES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Table1Config:
-  """Flags of the Table 1 evaluation."""
-  fixed_dir: str = ""
-  random_dir: str = ""
-  # More random-init runs (comma-separated workdirs), each one more row,
-  # e.g. a variant run with --image_init=real. The baselines' "learned" lrs
-  # stay those of --random_dir.
-  extra_random_dirs: str = ""
-  lr_grid: str = "learned,0.001,0.003,0.01,0.03,0.1,0.3"
-  epoch_grid: tuple[int, ...] = (1, 3, 5)
-  eval_inits: int = 200
-  val_inits: int = 10
-  random_sets: int = 10
-  optimized_sets: int = 50
-  top_frac: float = 0.2
-  kmeans_seeds: int = 3
-  knn_ks: tuple[int, ...] = (1, 3)
-  eval_batch: int = 2000
-  # Use only val_limit validation images (a class-stratified random subset)
-  # to choose the baselines' lr x epochs and the optimized-real sets (0: the
-  # whole split). For AlexCifarNet on a CPU, where each validation pass is
-  # the main cost.
-  val_limit: int = 0
-  seed: int = 1  # != the DD runs' seed: fresh held-out inits.
-
-  def validate(self) -> "Table1Config":
-    for name in ("fixed_dir", "random_dir"):
-      if not getattr(self, name):
-        raise ValueError(
-            f"--{name} is required: the workdir of a DD run holding "
-            "distilled.npz and report.json (experiments.dd_mnist_fixed / "
-            "dd_mnist_random).")
-    baselines.parse_lr_grid(self.lr_grid)
-    if self.val_limit < 0:
-      raise ValueError(f"val_limit={self.val_limit} must be >= 0 (0: the "
-                       "whole validation split).")
-    for name in ("eval_inits", "val_inits", "random_sets", "optimized_sets",
-                 "kmeans_seeds", "eval_batch"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
-    if not self.epoch_grid or min(self.epoch_grid) < 1:
-      raise ValueError(f"epoch_grid={self.epoch_grid} needs positive ints.")
-    if not self.knn_ks or min(self.knn_ks) < 1:
-      raise ValueError(f"knn_ks={self.knn_ks} needs positive ints.")
-    if not 0.0 < self.top_frac <= 1.0:
-      raise ValueError(f"top_frac={self.top_frac} must be in (0, 1].")
-    return self
-
-
-def preset(name: str = "default") -> Table1Config:
-  if name == "default":
-    return Table1Config()
-  if name == "smoke":
-    return Table1Config(lr_grid="learned,0.01", epoch_grid=(1,),
-                        eval_inits=2, val_inits=1, random_sets=2,
-                        optimized_sets=2, kmeans_seeds=1, knn_ks=(1,),
-                        eval_batch=64)
-  raise ValueError(f"Unknown preset {name!r}.")
-
-
-PRESETS = {n: (lambda n=n: preset(n)) for n in ("default", "smoke")}
+Table1Config = configs.Table1Config
+PRESETS = presets.TABLE1
+preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 
 
 # The fields of the random-init run's config the baselines depend on (data
@@ -165,8 +104,11 @@ def extra_row_key(cfg: config_lib.DistillConfig, workdir: str) -> str:
 
 
 def load_run(workdir: str):
-  """(Distilled, DistillConfig, report) of a DD run's workdir."""
-  d = storage.load_distilled(os.path.join(workdir, "distilled.npz"))
+  """(DistilledSet, DistillConfig, report) of a DD run's workdir."""
+  d = storage.load_distilled_set(os.path.join(workdir, "distilled.npz"))
+  if d.method != "dd":
+    raise ValueError(f"{workdir}/distilled.npz is a {d.method} set; pass "
+                     "the workdir of a DD run (experiments/dd_*.py).")
   report_path = os.path.join(workdir, "report.json")
   if not os.path.exists(report_path):
     raise ValueError(f"{report_path} is missing; pass the workdir of a "
@@ -181,10 +123,11 @@ def load_run(workdir: str):
 
 
 def _replay_dd(d, model, params0, ds, batch):
+  steps = d.as_dd()
   return evaluate.replay_accuracy(
-      model.apply, params0, jax.tree.map(jnp.asarray, d.learned()),
-      jnp.asarray(d.labels), jnp.asarray(ds.x_test), jnp.asarray(ds.y_test),
-      epochs=d.epochs, batch=batch)
+      model.apply, params0, jax.tree.map(jnp.asarray, steps.learned()),
+      jnp.asarray(steps.labels), jnp.asarray(ds.x_test),
+      jnp.asarray(ds.y_test), epochs=steps.epochs, batch=batch)
 
 
 def _fmt(summary) -> str:
@@ -220,10 +163,12 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
   cfg.validate()
   fixed, fixed_cfg, fixed_report = load_run(cfg.fixed_dir)
   rand, rand_cfg, rand_report = load_run(cfg.random_dir)
-  if fixed_cfg.dataset != rand_cfg.dataset or fixed.x.shape != rand.x.shape:
+  rand_shape = rand.as_dd().x.shape  # (steps, images per step, H, W, C)
+  if (fixed_cfg.dataset != rand_cfg.dataset or
+      fixed.as_dd().x.shape != rand_shape):
     raise ValueError(
-        f"The DD runs differ: {fixed_cfg.dataset} {fixed.x.shape} vs "
-        f"{rand_cfg.dataset} {rand.x.shape}; pass runs of one dataset with "
+        f"The DD runs differ: {fixed_cfg.dataset} {fixed.as_dd().x.shape} vs "
+        f"{rand_cfg.dataset} {rand_shape}; pass runs of one dataset with "
         "the same steps and images per step.")
   if fixed.init_params is None:
     raise ValueError(f"{cfg.fixed_dir}/distilled.npz holds no fixed "
@@ -253,10 +198,11 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
   for extra_dir in filter(None, (d.strip() for d in
                                cfg.extra_random_dirs.split(","))):
     extra, extra_cfg, extra_report = load_run(extra_dir)
-    if extra.x.shape != rand.x.shape or extra_cfg.dataset != rand_cfg.dataset:
+    extra_shape = extra.as_dd().x.shape
+    if extra_shape != rand_shape or extra_cfg.dataset != rand_cfg.dataset:
       raise ValueError(
-          f"{extra_dir} holds {extra_cfg.dataset} {extra.x.shape}, not "
-          f"{rand_cfg.dataset} {rand.x.shape} like --random_dir.")
+          f"{extra_dir} holds {extra_cfg.dataset} {extra_shape}, not "
+          f"{rand_cfg.dataset} {rand_shape} like --random_dir.")
     key = extra_row_key(extra_cfg, extra_dir)
     rows[key] = {
         "test_acc": evaluate.summary(_replay_dd(extra, model, test_params0,
@@ -286,7 +232,7 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
     rows.update(cached["rows"])
   else:
     base_rows = baselines.evaluate_all(
-        k_sets, model.apply, ds, steps=rand.steps, per_class=per_class,
+        k_sets, model.apply, ds, steps=rand_shape[0], per_class=per_class,
         learned_lrs=rand.lrs, val_params0=val_params0,
         test_params0=test_params0,
         lr_options=baselines.parse_lr_grid(cfg.lr_grid),
@@ -297,7 +243,7 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
     rows.update(base_rows)
     storage.write_json(cache_path, {"key": cache_key,
                                     "rows": _jsonable(base_rows)})
-  title = (f"Table 1, {ds.name} ({rand_cfg.arch}, {rand.steps} steps x "
+  title = (f"Table 1, {ds.name} ({rand_cfg.arch}, {rand_shape[0]} steps x "
            f"{ds.num_classes * per_class} images; baselines' lr x epochs "
            f"chosen on {len(ds.y_val)} validation images, {cfg.val_inits} "
            f"inits; test over {cfg.eval_inits} held-out inits)")
@@ -331,14 +277,9 @@ def _jsonable(obj):
   return obj
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cfg = common.config_from_flags(PRESETS, Table1Config)
-  common.run_and_report(run, cfg, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                        show_progress=FLAGS.progress)
+main = common.config_main(PRESETS, Table1Config, run)
 
 
 if __name__ == "__main__":
   common.define_flags(PRESETS, cfg_cls=Table1Config)
-  app.run(main)
+  common.run(main)

@@ -15,6 +15,7 @@ from distill_jax import boost
 from distill_jax import models
 from distill_jax import rat_bptt
 from distill_jax import storage
+from distill_jax.core import meta
 from tests import test_utils
 
 SHAPE, C = (4, 4, 1), 3
@@ -51,10 +52,9 @@ class BoostTest(absltest.TestCase):
     eye = [np.broadcast_to(np.eye(C)[:, None], (C, 1, C))]
     rx = jax.random.normal(jax.random.key(2), (6, *SHAPE))
     ry = jnp.arange(6) % C
-    loss = functools.partial(rat_bptt.meta_loss, key=jax.random.key(3),
+    loss = functools.partial(meta.loss, params0=None, key=jax.random.key(3),
                              start=jnp.int32(1), real_x=rx, real_y=ry,
-                             cfg=cfg, model=model,
-                             opt=rat_bptt.build_opt(cfg))
+                             problem=rat_bptt.problem(cfg, model))
 
     def inner_grad_of_old(beta):
       sup = rat_bptt.support(learned, boost.fixed_blocks(old, eye, beta, C,
@@ -130,8 +130,12 @@ class BoostRunTest(absltest.TestCase):
       rep = boost.run(self._cfg(mode), wd, dataset=ds, show_progress=False)
       self.assertEqual([b["ipc"] for b in rep["budgets"]], [1, 2])
       self.assertEqual(rep["boost_mode"], mode)
-      out[mode] = (wd, storage.load_distilled(
-          os.path.join(wd, "distilled.npz")).x[0].reshape(C, 2, *SHAPE))
+      dset = storage.load_distilled_set(os.path.join(wd, "distilled.npz"))
+      self.assertEqual((dset.method, dset.metadata["block_ipc"]),
+                       ("boost_dd", 1))
+      view = dset.per_class()
+      np.testing.assert_array_equal(view.block, [[0, 1]] * C)
+      out[mode] = (wd, view.x)
     # Block 0 is distilled identically; afterwards frozen keeps it, slow
     # keeps learning it.
     b0 = np.load(os.path.join(out["frozen"][0], "block_00", "block.npz"))
@@ -148,7 +152,8 @@ class BoostRunTest(absltest.TestCase):
     os.remove(os.path.join(again, "distilled.npz"))
     boost.run(self._cfg("slow"), again, dataset=ds, show_progress=False,
               resume=True)
-    got = storage.load_distilled(os.path.join(again, "distilled.npz")).x[0]
+    got = storage.load_distilled_set(
+        os.path.join(again, "distilled.npz")).per_class().x
     np.testing.assert_array_equal(got.reshape(want.shape), want)
 
   def test_corrupt_block_file(self):

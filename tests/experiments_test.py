@@ -1,11 +1,15 @@
 """Every experiment's entry point runs end to end (seconds) and rejects bad
-flags with a clear message. Runs as subprocesses on tiny fake local data."""
+flags with one line `error: ...`. Runs as subprocesses on tiny fake local
+data; the checks are on the values written (reports, metrics, the set)."""
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 
+import chex
+import numpy as np
 import pytest
 
 from tests import test_utils
@@ -19,21 +23,40 @@ def fake_data(tmp_path_factory):
   return test_utils.write_fake_datasets(str(root))
 
 
-def _run(module, args, data_dir, tmp_path, check=True, extra_env=None):
+def _run(module, args, data_dir, tmp_path, check=True, extra_env=None,
+         workdir=True):
   # Smoke runs take seconds of compute; most of their time is XLA
-  # compilation, which this flag cuts (numerics are not under test here).
+  # compilation, which this flag cuts (the values checked are robust to it).
   env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
              JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
   env.pop("DISTILL_JAX_DATA_DIR", None)
   env.update(extra_env or {})
   cmd = [sys.executable, "-m", f"experiments.{module}",
-         f"--workdir={tmp_path / 'wd'}", f"--data_dir={data_dir}",
-         "--noprogress", *args]
+         *([f"--workdir={tmp_path / 'wd'}"] if workdir else []),
+         f"--data_dir={data_dir}", "--noprogress", *args]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300, check=False)
   if check and proc.returncode != 0:
     raise AssertionError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def assert_one_line_error(proc, message):
+  """The run failed with exit status 2 and exactly one `error:` line."""
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 2, (proc.returncode, proc.stderr)
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  assert message in lines[0], (message, lines[0])
+
+
+def load_set(path):
+  """The distilled set of a run; its images and lrs are finite."""
+  from distill_jax import storage  # pylint: disable=g-import-not-at-top
+  d = storage.load_distilled_set(str(path))
+  chex.assert_tree_all_finite((d.images, d.labels))
+  if d.raw_lr is not None:
+    chex.assert_tree_all_finite(d.raw_lr)
+  return d
 
 
 DISTILL = ["dd_mnist_fixed", "dd_mnist_random", "dd_fashion_mnist",
@@ -44,12 +67,29 @@ DISTILL = ["dd_mnist_fixed", "dd_mnist_random", "dd_fashion_mnist",
 def test_smoke(module, fake_data, tmp_path):
   proc = _run(module, ["--preset=smoke"], fake_data, tmp_path)
   assert "test accuracy:" in proc.stdout
+  cfg = importlib.import_module(f"experiments.{module}").PRESETS("smoke")
   wd = tmp_path / "wd"
   report = json.loads((wd / "report.json").read_text())
   assert 0.0 <= report["test_acc"]["mean"] <= 100.0
-  for name in ("distilled.npz", "metrics.jsonl", "config.json",
-               "steps/step_00.png"):
-    assert (wd / name).exists(), name
+  assert report["test_acc"]["n"] == cfg.eval_inits
+  assert (wd / "steps" / "step_00.png").stat().st_size > 100
+  metrics = [json.loads(line) for line in
+             (wd / "metrics.jsonl").read_text().splitlines()]
+  losses = [m["loss"] for m in metrics if "loss" in m]
+  assert len(losses) == cfg.outer_steps and np.all(np.isfinite(losses))
+  assert json.loads((wd / "config.json").read_text())["steps"] == cfg.steps
+  # 3 outer steps are too few to learn: check the set itself. One image
+  # per class per step, steps x epochs learned lrs, the run's dataset.
+  d = load_set(wd / "distilled.npz")
+  view = d.as_dd()
+  shape = (28, 28, 1) if cfg.arch == "lenet" else (32, 32, 3)
+  chex.assert_shape(view.x, (cfg.steps, 10, *shape))
+  np.testing.assert_array_equal(view.labels,
+                                np.tile(np.arange(10), (cfg.steps, 1)))
+  chex.assert_shape(view.raw_lr, (cfg.steps * cfg.epochs,))
+  assert view.epochs == cfg.epochs
+  assert d.dataset == cfg.dataset
+  assert (d.init_params is not None) == (cfg.init_mode == "fixed")
 
 
 def test_pretrain_then_random_pretrained(fake_data, tmp_path):
@@ -65,9 +105,52 @@ def test_pretrain_then_random_pretrained(fake_data, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--arch=vgg"], "value should be one of"),
+    (["--arch=vgg"], "--arch=vgg: value should be one of <lenet|"),
     (["--steps=0"], "steps=0 must be a positive integer"),
     (["--init_mode=random_pretrained"], "needs pretrained_pool"),
+])
+def test_bad_config_is_one_line(args, message, fake_data, tmp_path):
+  proc = _run("dd_mnist_random", ["--preset=smoke", *args], fake_data,
+              tmp_path, check=False)
+  assert_one_line_error(proc, message)
+  assert "Dataset Distillation" not in proc.stderr  # no module docstring
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("rat_bptt_fashion", ["--workdir={wd}", "--window=0", "--total_steps=20"],
+     "window=0 must be in [1, total_steps=20]"),
+    ("rat_bptt_mnist", ["--workdir={wd}", "--window=abc"],
+     "--window=abc: must be an integer"),
+    ("pretrain", ["--workdir={wd}", "extra"],
+     "unexpected arguments ['extra']"),
+    ("dd_fashion_mnist", [], "--workdir is required"),
+])
+def test_cli_errors_are_one_line(module, args, message, fake_data, tmp_path):
+  args = [a.format(wd=tmp_path / "wd") for a in args]
+  proc = _run(module, ["--preset=smoke", *args], fake_data, tmp_path,
+              check=False, workdir=False)
+  assert_one_line_error(proc, message)
+  assert not (tmp_path / "wd").exists()
+  assert "Command" not in proc.stderr  # no module docstring
+
+
+def test_workdir_that_is_a_file(fake_data, tmp_path):
+  (tmp_path / "wd").write_text("not a directory")
+  proc = _run("dd_mnist_random", ["--preset=smoke"], fake_data, tmp_path,
+              check=False)
+  assert_one_line_error(proc, "is a file, not a directory")
+
+
+def test_help_says_what_flags_mean(fake_data, tmp_path):
+  proc = _run("dd_fashion_mnist", ["--help"], fake_data, tmp_path,
+              check=False)  # absl exits 1 after --help.
+  assert "--arch: <lenet|alexcifarnet|convnet|mlp>: network architecture" in (
+      proc.stdout)
+  assert "DistillConfig." not in proc.stdout
+  assert "quick: the README's main job" in proc.stdout.replace("\n    ", " ")
+
+
+@pytest.mark.parametrize("args,message", [
     (["--init_mode=random_pretrained", "--pretrained_pool=/nonexistent.npz"],
      "no such pretrained pool"),
     (["--dataset=nosuchset"], "nosuchset"),
@@ -76,8 +159,8 @@ def test_pretrain_then_random_pretrained(fake_data, tmp_path):
 def test_bad_flags(args, message, fake_data, tmp_path):
   proc = _run("dd_mnist_random", ["--preset=smoke", *args], fake_data,
               tmp_path, check=False)
-  assert proc.returncode != 0
-  assert message in proc.stdout + proc.stderr
+  assert proc.returncode == 2, proc.stderr
+  assert "error: " in proc.stderr and message in proc.stderr
   assert "Traceback" not in proc.stderr
 
 

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import inits
-from distill_jax import meta
-from distill_jax import outer
+from distill_jax.core import meta
+from distill_jax.core import outer as core_outer
+from distill_jax.methods import dd as outer
 from tests import test_utils
 
 
@@ -41,7 +42,9 @@ class OuterStepTest(parameterized.TestCase):
     chex.assert_tree_all_finite(state.learned)
     chex.assert_shape(state.learned["x"], x0.shape)
     self.assertFalse(np.allclose(np.asarray(state.learned["x"]), x0))
-    self.assertEqual(set(metrics), {"loss", "grad_norm", "lr_mean"})
+    self.assertEqual(set(metrics), {"loss", "grad_norm", "lr_mean",
+                                    "clip_ema", "finite"})
+    self.assertTrue(bool(metrics["finite"]))
 
   def test_meta_loss_decreases(self):
     cfg = test_utils.tiny_config(outer_lr=0.05)
@@ -67,6 +70,29 @@ class OuterStepTest(parameterized.TestCase):
     state, _ = step(outer.init_state(learned, tx), labels, rx, ry,
                     jnp.arange(16), jax.random.key(0), {})
     np.testing.assert_array_equal(np.asarray(state.learned["raw_lr"]), raw0)
+
+  def test_finite_flag_reports_divergence(self):
+    cfg = test_utils.tiny_config(outer_lr=1e12)
+    model, learned, labels, _, rx, ry = test_utils.tiny_problem(cfg)
+    tx = outer.optimizer(cfg, steps_per_epoch=4)
+    state = outer.init_state(learned, tx)
+    step = outer.make_step(cfg, model.apply, model.init, tx)
+    flags = []
+    for _ in range(4):
+      state, m = step(state, labels, rx, ry, jnp.arange(16),
+                      jax.random.key(0), {})
+      flags.append(bool(m["finite"]))
+    self.assertTrue(flags[0] or not all(flags))
+    self.assertFalse(all(flags))
+
+  def test_ema_clipping_bounds_the_image_gradient(self):
+    g = jnp.ones((2, 3))
+    out, ema, n = core_outer.clip_by_ema(g, jnp.float32(-1.0), 0.9)
+    chex.assert_trees_all_close(out, g)  # first call: ema = n, no clipping
+    chex.assert_trees_all_close(ema, n)
+    big = 10 * g
+    out, ema2, _ = core_outer.clip_by_ema(big, ema, 0.9)
+    self.assertLessEqual(float(jnp.linalg.norm(out)), 2 * float(ema2) + 1e-5)
 
   @parameterized.parameters("fixed", "random", "fixed_pretrained",
                             "random_pretrained")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from distill_jax import distilled
+from distill_jax import distilled_set
 from distill_jax import models
 from distill_jax import storage
-from experiments import dd_mnist_random
+from experiments import presets
 from tests import experiments_test
 from tests import test_utils
 
@@ -28,7 +29,7 @@ def fake_data(tmp_path_factory):
 
 def _fake_dd_run(workdir, init_mode, image_init="noise"):
   """A distilled.npz + report.json as dd_mnist_* --preset=smoke writes."""
-  cfg = dataclasses.replace(dd_mnist_random.preset("smoke"),
+  cfg = dataclasses.replace(presets.DD_MNIST_RANDOM("smoke"),
                             init_mode=init_mode, image_init=image_init)
   key = jax.random.key(0)
   learned, labels = distilled.init(key, steps=cfg.steps, epochs=cfg.epochs,
@@ -37,12 +38,17 @@ def _fake_dd_run(workdir, init_mode, image_init="noise"):
   model = models.build(cfg, (28, 28, 1), 10)
   init = model.init(key) if init_mode == "fixed" else None
   os.makedirs(workdir, exist_ok=True)
-  storage.save_distilled(
+  storage.save_distilled_set(
       os.path.join(workdir, "distilled.npz"),
-      jax.tree.map(np.asarray, learned), np.asarray(labels),
-      steps=cfg.steps, epochs=cfg.epochs, mean=(0.1307,), std=(0.3081,),
-      metadata={"dataset": "mnist", "arch": cfg.arch,
-                "config": dataclasses.asdict(cfg)}, init_params=init)
+      distilled_set.DistilledSet.from_dd(
+          np.asarray(learned["x"]), np.asarray(labels),
+          np.asarray(learned["raw_lr"]), epochs=cfg.epochs, mean=(0.1307,),
+          std=(0.3081,), class_names=tuple(str(i) for i in range(10)),
+          dataset="mnist", model=distilled_set.model_spec(cfg),
+          metadata={"init_mode": init_mode,
+                    "config": dataclasses.asdict(cfg)},
+          init_params=None if init is None else jax.tree.map(np.asarray,
+                                                             init)))
   storage.write_json(os.path.join(workdir, "report.json"),
                      {"test_acc": {"mean": 10.0, "std": 0.0, "n": 1}})
   return str(workdir)
@@ -60,6 +66,11 @@ def test_table1_smoke(fake_data, tmp_path):
       "average_real", "knn_random_real", "knn_kmeans"}
   assert out["rows"]["random_real"]["test_acc"]["n"] == 2
   assert out["rows"]["random_real"]["best"]["lr"] in ("learned", 0.01)
+  for row in out["rows"].values():
+    assert 0.0 <= row["test_acc"]["mean"] <= 100.0
+  # The fake classes differ in brightness: nearest neighbours find them.
+  assert out["rows"]["knn_random_real"]["test_acc"]["mean"] > 90.0
+  assert out["rows"]["knn_kmeans"]["test_acc"]["mean"] > 90.0
   assert abs(out["diff_vs_paper"]["kmeans"] -
              (out["rows"]["kmeans"]["test_acc"]["mean"] - 76.4)) < 1e-6
   assert (tmp_path / "wd" / "table1.md").exists()

@@ -15,6 +15,10 @@ from distill_jax import evaluate
 from distill_jax import models
 from distill_jax import rat_bptt
 from distill_jax import rat_eval
+from distill_jax.core import inner
+from distill_jax.core import meta
+from distill_jax.core import outer
+from distill_jax.core import unroll
 from tests import test_utils  # pylint: disable=unused-import
 
 SHAPE, C = (4, 4, 1), 3
@@ -38,25 +42,35 @@ def _problem(cfg):
   return model, learned, rx, ry
 
 
+def _step(cfg, model):
+  """One inner step `(state, t, key, support, raw_lr) -> state`."""
+  prob = rat_bptt.problem(cfg, model)
+
+  def step(state, t, key, sup, raw_lr):
+    fn = unroll.make_step(prob.schedule, apply_fn=model.apply, tx=prob.tx,
+                          syn_aug=cfg.syn_aug, rotate_deg=cfg.rotate_deg,
+                          key=key)
+    return fn(state, t, (sup, raw_lr), None)
+  return step
+
+
 def _reference(cfg, model, learned, key, start, rx, ry):
   """Python loop: prefix on constants, then a differentiable window."""
   opt = rat_bptt.build_opt(cfg)
   fixed = rat_bptt.empty_fixed(C, SHAPE)
   k_init, k_steps, _ = jax.random.split(key, 3)
   p = model.init(k_init)
-  state = rat_bptt.InnerState(p, opt.tx.init(p))
-  step = functools.partial(rat_bptt.inner_step, cfg=cfg, apply_fn=model.apply,
-                           opt=opt)
+  state = inner.init_state(p, opt.tx)
+  step = _step(cfg, model)
   const = jax.tree.map(np.asarray, learned)
   for t in range(start):
     state = step(state, t, k_steps, rat_bptt.support(const, fixed),
-                 rat_bptt.step_lr(cfg, const, t))
+                 const.get("raw_lr"))
 
   def window(l):
     s = state
     for t in range(start, start + cfg.window_len):
-      s = step(s, t, k_steps, rat_bptt.support(l, fixed),
-               rat_bptt.step_lr(cfg, l, t))
+      s = step(s, t, k_steps, rat_bptt.support(l, fixed), l.get("raw_lr"))
     logits = model.apply(s.params, rx)
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
                                          ry[:, None], 1))
@@ -64,10 +78,10 @@ def _reference(cfg, model, learned, key, start, rx, ry):
 
 
 def _meta(cfg, model, learned, key, start, rx, ry):
-  f = functools.partial(rat_bptt.meta_loss, cfg=cfg, model=model,
-                        opt=rat_bptt.build_opt(cfg))
+  f = functools.partial(meta.loss, problem=rat_bptt.problem(cfg, model))
   return jax.jit(jax.value_and_grad(f))(
-      learned, rat_bptt.empty_fixed(C, SHAPE), key, jnp.int32(start), rx, ry)
+      learned, rat_bptt.empty_fixed(C, SHAPE), None, key, jnp.int32(start),
+      rx, ry)
 
 
 class MetaLossTest(absltest.TestCase):
@@ -110,9 +124,9 @@ class MetaLossTest(absltest.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def grad(learned, starts):
-      return rat_bptt.meta_value_and_grad(
-          learned, fixed, jax.random.split(jax.random.key(0), 2), starts, rx,
-          ry, cfg=cfg, model=model, opt=rat_bptt.build_opt(cfg))
+      return meta.value_and_grad(
+          learned, fixed, None, jax.random.split(jax.random.key(0), 2),
+          starts, rx, ry, problem=rat_bptt.problem(cfg, model))
     for starts in ([0, 4], [3, 1], [2, 2]):
       chex.assert_tree_all_finite(grad(learned, jnp.array(starts, jnp.int32)))
     chex.clear_trace_counter()
@@ -193,13 +207,12 @@ class EvalTrainTest(absltest.TestCase):
     got = rat_eval.make_eval_train(cfg, model)(k_init, k_train, sup, learned)
     chex.assert_tree_shape_prefix(got, (2, 2))  # (budgets, nets).
     opt = rat_bptt.build_opt(cfg)
-    step = jax.jit(functools.partial(rat_bptt.inner_step, cfg=cfg,
-                                     apply_fn=model.apply, opt=opt))
+    step = jax.jit(_step(cfg, model))
     for n in range(2):
       p = model.init(k_init[n])
-      state = rat_bptt.InnerState(p, opt.tx.init(p))
+      state = inner.init_state(p, opt.tx)
       for t in range(5):
-        state = step(state, t, k_train[n], sup, cfg.inner_lr)
+        state = step(state, t, k_train[n], sup, None)
         if t + 1 in cfg.eval_budgets:
           b = cfg.eval_budgets.index(t + 1)
           chex.assert_trees_all_close(
@@ -211,12 +224,12 @@ class ClipTest(absltest.TestCase):
 
   def test_ema_update_and_clip(self):
     g = jnp.full((4,), 1.0)  # norm 2.
-    out, ema, n = rat_bptt.clip_by_ema(g, jnp.float32(-1.0), 0.9)
+    out, ema, n = outer.clip_by_ema(g, jnp.float32(-1.0), 0.9)
     self.assertAlmostEqual(float(ema), 2.0, places=5)
     self.assertAlmostEqual(float(n), 2.0, places=5)
     chex.assert_trees_all_close(out, g)  # 2 <= 2 * 2: unclipped.
     big = g * 10.0  # norm 20: ema = 0.9 * 2 + 0.1 * 20 = 3.8, clip to 7.6.
-    out, ema, n = rat_bptt.clip_by_ema(big, ema, 0.9)
+    out, ema, n = outer.clip_by_ema(big, ema, 0.9)
     self.assertAlmostEqual(float(ema), 3.8, places=4)
     self.assertAlmostEqual(float(jnp.linalg.norm(out)), 7.6, places=3)
 

@@ -11,6 +11,7 @@ import numpy as np
 from distill_jax import rat_bptt
 from distill_jax import rat_train
 from distill_jax import storage
+from distill_jax.run import loop as loop_lib
 from tests import test_utils
 
 
@@ -51,11 +52,24 @@ class ResumeTest(absltest.TestCase):
     self.assertEqual(self._run(cfg, part, stop_at=4), {"interrupted_at": 4})
     self.assertFalse(os.path.exists(os.path.join(part, "distilled.npz")))
     got = self._run(cfg, part, resume=True)
-    a = storage.load_distilled(os.path.join(full, "distilled.npz"))
-    b = storage.load_distilled(os.path.join(part, "distilled.npz"))
-    np.testing.assert_array_equal(a.x, b.x)
-    np.testing.assert_array_equal(a.extra["soft_labels"],
-                                  b.extra["soft_labels"])
+    a = storage.load_distilled_set(os.path.join(full, "distilled.npz"))
+    b = storage.load_distilled_set(os.path.join(part, "distilled.npz"))
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.soft_labels, b.soft_labels)
+    # 2 images per class, class-major, with learned soft labels; inner SGD
+    # at a fixed lr (no learned lrs) on class-balanced subsamples.
+    self.assertEqual((a.format_version, a.method, a.dataset),
+                     (2, "rat_bptt", "blobs"))
+    self.assertEqual(a.images.shape, (6, 4, 4, 1))
+    np.testing.assert_array_equal(a.labels, [0, 0, 1, 1, 2, 2])
+    self.assertEqual(a.soft_labels.shape, (6, 3))
+    self.assertIsNone(a.raw_lr)
+    self.assertIsNone(a.schedule)
+    self.assertIsNone(a.zca)
+    self.assertEqual(a.class_names, self.ds.class_names)
+    self.assertEqual(a.model["arch"], "mlp")
+    self.assertEqual(a.metadata["config"]["ipc"], 2)
+    self.assertEqual(a.metadata["best_step"], want["best_step"])
     self.assertEqual(_records(full), _records(part))
     self.assertEqual([r["step"] for r in _records(part)], list(range(1, 7)))
     for k in ("best_step", "best_candidate_val_acc", "selected_budget",
@@ -120,7 +134,8 @@ class ResumeTest(absltest.TestCase):
     with open(path, "w") as f:
       json.dump(old, f)
     with self.assertRaisesRegex(ValueError, "boost_mode"):
-      rat_train._check_resume(path, _cfg(boost_mode="slow"))
+      loop_lib.check_resume_config(path, _cfg(boost_mode="slow"),
+                                   rat_train._RUN_CONTROL)
 
 
 if __name__ == "__main__":

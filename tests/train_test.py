@@ -9,8 +9,11 @@ import jax
 import numpy as np
 
 from distill_jax import distilled
+from distill_jax import evaluate
+from distill_jax import models
 from distill_jax import storage
 from distill_jax import train
+from distill_jax.run import loop as loop_lib
 from tests import test_utils
 
 
@@ -33,10 +36,25 @@ class RunTest(absltest.TestCase):
       recs = [json.loads(l) for l in f]
     self.assertEqual([r["step"] for r in recs], list(range(1, 7)))
     self.assertIn("val_acc", recs[2])
-    d = storage.load_distilled(os.path.join(wd, "distilled.npz"))
+    s = storage.load_distilled_set(os.path.join(wd, "distilled.npz"))
+    self.assertEqual((s.format_version, s.method, s.dataset),
+                     (2, "dd", "blobs"))
+    self.assertEqual(s.class_names, self.ds.class_names)
+    self.assertEqual(s.model, {"arch": "mlp", "init": self.cfg.init,
+                               "width": self.cfg.width,
+                               "depth": self.cfg.depth, "norm": self.cfg.norm,
+                               "pooling": self.cfg.pooling,
+                               "mlp_hidden": [8]})
+    self.assertEqual(s.metadata["config"],
+                     json.loads(json.dumps(dataclasses.asdict(self.cfg))))
+    np.testing.assert_array_equal(s.labels, [0, 1, 2, 0, 1, 2])
+    self.assertIsNone(s.soft_labels)
+    np.testing.assert_array_equal(  # step t sees the images of step t % 2.
+        s.schedule, [[0, 1, 2], [3, 4, 5], [0, 1, 2], [3, 4, 5]])
+    np.testing.assert_allclose(s.lrs, report["learned_lrs"], rtol=1e-6)
+    d = s.as_dd()
     self.assertEqual(d.x.shape, (2, 3, 4, 4, 1))
-    np.testing.assert_array_equal(d.step_order, [0, 1, 0, 1])
-    self.assertEqual(d.metadata["dataset"], "blobs")
+    self.assertEqual((d.steps, d.epochs), (2, 2))
 
   def test_resume_reaches_same_result(self):
     full = self.create_tempdir().full_path
@@ -47,13 +65,27 @@ class RunTest(absltest.TestCase):
     self.assertEqual(out, {"interrupted_at": 4})
     train.run(self.cfg, part, dataset=self.ds, show_progress=False,
               resume=True)
-    a = storage.load_distilled(os.path.join(full, "distilled.npz"))
-    b = storage.load_distilled(os.path.join(part, "distilled.npz"))
+    a = storage.load_distilled_set(os.path.join(full, "distilled.npz")).as_dd()
+    b = storage.load_distilled_set(os.path.join(part, "distilled.npz")).as_dd()
     np.testing.assert_array_equal(a.x, b.x)
     np.testing.assert_array_equal(a.raw_lr, b.raw_lr)
-    with open(os.path.join(part, "metrics.jsonl")) as f:
-      steps = [json.loads(l)["step"] for l in f]
-    self.assertEqual(steps, list(range(1, 7)))
+
+    def metrics(wd):  # every logged value but the wall-clock time.
+      with open(os.path.join(wd, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(l).items() if k != "time_s"}
+                for l in f]
+    self.assertEqual([r["step"] for r in metrics(part)], list(range(1, 7)))
+    self.assertEqual(metrics(part), metrics(full))
+    self.assertIn("val_acc", metrics(part)[2])
+
+    def final_checkpoint(wd):  # outer state, optimiser moments, best set.
+      ckpt = os.path.join(wd, "checkpoints", "ckpt_000000006.npz")
+      with np.load(ckpt) as z:
+        return {k: z[k] for k in z.files}
+    ca, cb = final_checkpoint(full), final_checkpoint(part)
+    self.assertEqual(sorted(ca), sorted(cb))
+    for k in ca:
+      np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
 
   def test_same_seed_same_result_and_seed_matters(self):
     runs = []
@@ -61,7 +93,8 @@ class RunTest(absltest.TestCase):
       wd = self.create_tempdir().full_path
       cfg = dataclasses.replace(self.cfg, seed=seed)
       train.run(cfg, wd, dataset=self.ds, show_progress=False)
-      runs.append(storage.load_distilled(os.path.join(wd, "distilled.npz")))
+      runs.append(storage.load_distilled_set(
+          os.path.join(wd, "distilled.npz")).as_dd())
     np.testing.assert_array_equal(runs[0].x, runs[1].x)
     self.assertFalse(np.allclose(runs[0].x, runs[2].x))
 
@@ -77,15 +110,25 @@ class RunTest(absltest.TestCase):
     cfg = dataclasses.replace(self.cfg, init_mode="fixed", eval_inits=1)
     report = train.run(cfg, wd, dataset=self.ds, show_progress=False)
     self.assertEqual(report["test_acc"]["n"], 1)
-    d = storage.load_distilled(os.path.join(wd, "distilled.npz"))
-    self.assertIn("Dense_0", d.init_params)
+    s = storage.load_distilled_set(os.path.join(wd, "distilled.npz"))
+    self.assertEqual(s.metadata["init_mode"], "fixed")
+    self.assertEqual(set(s.init_params), {"Dense_0", "Dense_1"})
+    # The stored set and network reproduce the reported replay accuracy.
+    model = models.build(cfg, self.ds.image_shape, self.ds.num_classes)
+    d = s.as_dd()
+    acc = evaluate.replay_accuracy(
+        model.apply, jax.tree.map(lambda a: a[None], s.init_params),
+        d.learned(), d.labels, self.ds.x_test, self.ds.y_test,
+        epochs=d.epochs, batch=cfg.eval_batch)
+    self.assertAlmostEqual(100 * float(acc[0]), report["test_acc"]["mean"],
+                           places=4)
 
   def test_real_image_init_starts_from_training_images(self):
     wd = self.create_tempdir().full_path
     cfg = dataclasses.replace(self.cfg, image_init="real", outer_steps=1,
                               outer_lr=1e-12, select_on_val=False)
     train.run(cfg, wd, dataset=self.ds, show_progress=False)
-    d = storage.load_distilled(os.path.join(wd, "distilled.npz"))
+    d = storage.load_distilled_set(os.path.join(wd, "distilled.npz")).as_dd()
     x_train = np.asarray(self.ds.x_train).reshape(len(self.ds.y_train), -1)
     for s in range(d.x.shape[0]):
       for j in range(d.x.shape[1]):
@@ -100,16 +143,47 @@ class RunTest(absltest.TestCase):
                             np.zeros((2, 4, 4, 1)), np.zeros((2,), np.int32))
 
   def test_batch_indices_cover_each_epoch(self):
-    idx = np.concatenate([train.batch_indices(0, s, 60, 16) for s in range(3)])
+    idx = np.concatenate([loop_lib.batch_indices(0, s, 60, 16)
+                          for s in range(3)])
     self.assertLen(np.unique(idx), 48)
-    np.testing.assert_array_equal(train.batch_indices(0, 5, 60, 16),
-                                  train.batch_indices(0, 5, 60, 16))
+    np.testing.assert_array_equal(loop_lib.batch_indices(0, 5, 60, 16),
+                                  loop_lib.batch_indices(0, 5, 60, 16))
 
   def test_real_batch_too_large(self):
     cfg = dataclasses.replace(self.cfg, real_batch=1000)
     with self.assertRaisesRegex(ValueError, "real_batch=1000 exceeds"):
       train.run(cfg, self.create_tempdir().full_path, dataset=self.ds,
                 show_progress=False)
+
+
+class SharedFeaturesTest(absltest.TestCase):
+  """RaT-BPTT's inner options work for DD through the one core."""
+
+  def test_augmentation_inner_adam_soft_labels_zca(self):
+    ds = test_utils.tiny_dataset()
+    base = test_utils.tiny_config(outer_steps=4, eval_every=0, lr_init=0.01)
+    cfg = dataclasses.replace(
+        base, syn_aug="flip_rotate", real_aug="flip_rotate", inner_opt="adam",
+        learn_labels=True, zca=True)
+    wd = self.create_tempdir().full_path
+    report = train.run(cfg, wd, dataset=ds, show_progress=False)
+    s = storage.load_distilled_set(os.path.join(wd, "distilled.npz"))
+    self.assertEqual(s.soft_labels.shape, (6, test_utils.NUM_CLASSES))
+    self.assertTrue(np.all(s.soft_labels >= 0))
+    self.assertIsNotNone(s.zca)
+    self.assertTrue(np.all(np.isfinite(s.images)))
+    self.assertBetween(report["test_acc"]["mean"], 0.0, 100.0)
+    # Each option changes what is learned.
+    plain = self.create_tempdir().full_path
+    train.run(base, plain, dataset=ds, show_progress=False)
+    p = storage.load_distilled_set(os.path.join(plain, "distilled.npz"))
+    self.assertFalse(np.allclose(p.images, s.images))
+    for option in (dict(syn_aug="flip_rotate"), dict(inner_opt="adam")):
+      wd_o = self.create_tempdir().full_path
+      train.run(dataclasses.replace(base, **option), wd_o, dataset=ds,
+                show_progress=False)
+      o = storage.load_distilled_set(os.path.join(wd_o, "distilled.npz"))
+      self.assertFalse(np.allclose(o.images, p.images), option)
 
 
 if __name__ == "__main__":
@@ -130,10 +204,15 @@ class SelectionTest(absltest.TestCase):
     self.assertEqual(sel["rule"], "best validation accuracy")
     self.assertEqual(sel["val_acc"], max(vals.values()))
     self.assertEqual(vals[sel["step"]], max(vals.values()))
-    with np.load(os.path.join(wd, "best_val.npz")) as z:
-      best_x = z["learned/x"]
-    d = storage.load_distilled(os.path.join(wd, "distilled.npz"))
-    np.testing.assert_array_equal(d.x, best_x)
+    # The written set is the state at the selected step: a run that stops
+    # there and keeps its last state writes the same images.
+    wd2 = self.create_tempdir().full_path
+    train.run(dataclasses.replace(cfg, outer_steps=sel["step"],
+                                  select_on_val=False), wd2, dataset=ds,
+              show_progress=False)
+    d, d2 = (storage.load_distilled_set(os.path.join(w, "distilled.npz"))
+             .as_dd() for w in (wd, wd2))
+    np.testing.assert_array_equal(d.x, d2.x)
 
   def test_last_when_not_selecting(self):
     ds = test_utils.tiny_dataset()

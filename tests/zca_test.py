@@ -8,6 +8,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax import distilled_set
 from distill_jax import storage
 from distill_jax import zca
 from tests import test_utils  # pylint: disable=unused-import
@@ -55,12 +56,11 @@ class ZcaTest(absltest.TestCase):
     z = zca.fit(_images(100, 0))
     with tempfile.TemporaryDirectory() as d:
       path = os.path.join(d, "distilled.npz")
-      storage.save_distilled(
-          path, {"x": np.zeros((1, 3, 2, 2, 3), np.float32),
-                 "raw_lr": np.zeros(2, np.float32)},
-          np.zeros((1, 3), np.int32), steps=1, epochs=2, mean=(0, 0, 0),
-          std=(1, 1, 1), metadata={}, extra=zca.as_extra(z))
-      z2 = zca.from_extra(storage.load_distilled(path).extra)
+      storage.save_distilled_set(path, distilled_set.DistilledSet.from_dd(
+          np.zeros((1, 3, 2, 2, 3), np.float32), np.zeros((1, 3), np.int32),
+          np.zeros(2, np.float32), epochs=2, mean=(0, 0, 0), std=(1, 1, 1),
+          class_names=("a",), dataset="t", model={}, metadata={}, zca=z))
+      z2 = storage.load_distilled_set(path).zca
     x = _images(5, 2)
     np.testing.assert_array_equal(zca.apply(z2, x), zca.apply(z, x))
     with self.assertRaisesRegex(ValueError, "without --zca"):

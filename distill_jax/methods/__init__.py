@@ -1,0 +1,1 @@
+"""Methods: configurations of `distill_jax.core` (bilevel) and their loops."""

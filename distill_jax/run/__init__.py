@@ -1,0 +1,1 @@
+"""Host-side run control shared by the training loops (no traced code)."""

@@ -1,0 +1,217 @@
+"""What every config field means: the help text of its command-line flag.
+
+`HELP` maps a field name to its help; a key "ClassName.field" overrides it
+for one config class where the same name means something else there (e.g.
+`epochs` of pretraining against the distilled data's epochs). Choice
+fields get their allowed values from `CHOICES` and become enum flags; absl
+prints the values as `<a|b|c>` in front of the help.
+`tests/common_test.py` checks that every field of every config class in
+`experiments.common.CONFIG_CLASSES` has an entry.
+"""
+
+from distill_jax import config as config_lib
+from distill_jax import inner_opt
+from distill_jax import rat_bptt
+from distill_jax import truncation
+
+# Allowed values of the choice fields; "ClassName.field" keys as in HELP.
+CHOICES = {
+    "arch": config_lib.ARCHS,
+    "init": config_lib.INITS,
+    "init_mode": config_lib.INIT_MODES,
+    "norm": config_lib.NORMS,
+    "pooling": config_lib.POOLINGS,
+    "remat": config_lib.REMAT_POLICIES,
+    "objective": config_lib.OBJECTIVES,
+    "image_init": config_lib.IMAGE_INITS,
+    "RatConfig.image_init": rat_bptt.IMAGE_INITS,
+    "inner_opt": inner_opt.NAMES,
+    "truncation": truncation.MODES,
+    "boost_mode": rat_bptt.BOOST_MODES,
+}
+
+_DATASETS = ("mnist, fashion_mnist, usps, cifar10, cifar10_subset or "
+             "svhn_cropped")
+_AUG = ("augmentation: 'none' or operations of {flip, rotate} joined by '_', "
+        "e.g. flip_rotate (rotate only for digits: flips change them)")
+
+HELP = {
+    # Data.
+    "dataset": "dataset: " + _DATASETS,
+    "val_size": "training images held out as the validation split",
+    "train_limit": "use only the first N training images (0: all)",
+    "image_size": "resize images to this many pixels a side (0: native, e.g. "
+                  "28 for USPS -> MNIST)",
+    "channels": "image channels: 0 native, 1, or 3 to replicate grayscale "
+                "(e.g. MNIST for SVHN networks)",
+    "zca": "ZCA-whiten the images (fitted on the training split)",
+    "zca_reg": "ZCA regulariser, a multiple of the mean eigenvalue",
+    # Model.
+    "arch": "network architecture",
+    "init": "weight initialisation scheme of the networks",
+    "width": "convnet channels per layer",
+    "depth": "convnet conv blocks",
+    "norm": "convnet normalisation layer",
+    "pooling": "convnet pooling after each block",
+    "mlp_hidden": "mlp hidden layer sizes, comma-separated",
+    # Distilled data.
+    "steps": "distilled GD steps per epoch of the inner training",
+    "epochs": "passes over the distilled steps in the inner training (inner "
+              "GD steps = steps x epochs)",
+    "images_per_class_per_step": "distilled images of each class in every "
+                                 "step",
+    "lr_init": "initial value of the learned per-step learning rates",
+    "learn_lr": "learn the per-step learning rates of the inner training",
+    "image_init": "initial distilled images: noise = N(0, 1) in normalised "
+                  "space (the paper), real = a random training image of the "
+                  "class",
+    "RatConfig.image_init": "initial distilled images: unit_norm = Gaussian "
+                            "scaled to unit norm per image (RaT-BPTT), "
+                            "gaussian = N(0, 1)",
+    "RatConfig.learn_lr": "learn per-step learning rates (inner_opt=gd only)",
+    "ipc": "distilled images per class (per block for Boost-DD)",
+    "learn_labels": "learn soft labels alongside the images",
+    "label_lr_scale": "learned labels' lr = outer_lr / label_lr_scale",
+    # Distribution of initial weights.
+    "init_mode": "initial weights of the inner training: fixed = one network, "
+                 "random = fresh draws, fixed_pretrained / random_pretrained "
+                 "= members of --pretrained_pool",
+    "num_inits": "initialisations sampled per outer step (vmapped)",
+    "pretrained_pool": "pool.npz of pretrained networks written by "
+                       "experiments.pretrain",
+    "pool_heldout": "last N pool members kept out of training, for "
+                    "evaluation",
+    # Inner problem (RaT-BPTT).
+    "total_steps": "inner training steps N of the unroll",
+    "window": "differentiable window M: the last inner steps "
+              "backpropagated through",
+    "truncation": "where the window lies in the N inner steps: random start "
+                  "(RaT-BPTT), at the end, or full unroll",
+    "redraw_every": "outer steps between redraws of the random window start",
+    "batch_per_class": "distilled images of each class in one inner step",
+    "task_sampler_nc": "classes in each inner batch (0: all)",
+    "inner_opt": "optimiser of the inner training (gd: learned-lr SGD)",
+    "inner_lr": "learning rate of the inner optimiser",
+    "inner_momentum": "momentum of the inner sgd optimiser",
+    "inner_wd": "weight decay of the inner optimiser",
+    "inner_eps_root": "epsilon inside the square root of inner Adam (keeps "
+                      "its gradient finite)",
+    "syn_aug": "distilled-image " + _AUG,
+    "real_aug": "real-batch " + _AUG,
+    "rotate_deg": "largest rotation of the rotate augmentation, degrees",
+    # Outer optimisation.
+    "outer_lr": "Adam learning rate of the distilled data",
+    "outer_b1": "Adam beta1 of the outer optimiser",
+    "outer_b2": "Adam beta2 of the outer optimiser",
+    "decay_epochs": "outer epochs between outer-lr decays",
+    "decay_factor": "outer-lr multiplier at each decay",
+    "outer_epochs": "outer training length in passes over the real training "
+                    "split (used when outer_steps is 0)",
+    "outer_steps": "outer steps to run (> 0 overrides outer_epochs)",
+    "RatConfig.outer_steps": "outer steps to run",
+    "real_batch": "real training images per outer step",
+    "real_chunk": "real-batch loss computed in chunks of this many images "
+                  "(0: at once); same value, less memory",
+    "remat": "rematerialisation policy of the unrolled inner steps (memory "
+             "against compute)",
+    "init_group": "initialisations per vmap call, groups run one after "
+                  "another (-1: pick for the backend, 0: all at once)",
+    "objective": "meta-objective: ce = classify the real data, poison = make "
+                 "class poison_source predicted as poison_target",
+    "poison_source": "class K whose images the attack makes classified as T",
+    "poison_target": "class T the poisoned class K is classified as",
+    "clip_coef": "EMA coefficient of the image-gradient norm; gradients are "
+                 "clipped at 2x the EMA (0: no clipping)",
+    "time_budget_s": "stop the outer loop after this many seconds of "
+                     "wall-clock (0: no limit)",
+    # Boost-DD.
+    "boost_blocks": "Boost-DD blocks of ipc images per class, distilled one "
+                    "after another (1: plain RaT-BPTT)",
+    "boost_beta": "Boost-DD weight of the earlier blocks",
+    "boost_mode": "Boost-DD reading: frozen = earlier blocks fixed with inner "
+                  "loss weight beta, slow = they keep learning at beta x the "
+                  "outer step",
+    # Evaluation.
+    "eval_inits": "held-out random initialisations the final set is "
+                  "evaluated on",
+    "eval_every": "outer steps between validation evaluations (0: never)",
+    "RatConfig.eval_every": "outer steps between candidate checkpoints "
+                            "evaluated on validation (0: only the end)",
+    "val_inits": "initialisations of each validation evaluation",
+    "select_on_val": "keep the set with the best validation accuracy",
+    "eval_batch": "images per forward pass in evaluation (bounds memory)",
+    "eval_budgets": "training steps of the fresh evaluation networks tried, "
+                    "comma-separated; the best on validation is reported",
+    "eval_nets": "fresh networks trained for the test accuracy",
+    "val_nets": "fresh networks of each validation evaluation",
+    # Run control.
+    "seed": "random seed",
+    "log_every": "outer steps between metric lines",
+    "checkpoint_every": "outer steps between checkpoints",
+    # Pretraining (distill_jax.pretrain).
+    "num_nets": "networks to pretrain",
+    "PretrainConfig.epochs": "training epochs per network (fractions allowed)",
+    "batch_size": "training minibatch size",
+    "PretrainConfig.lr": "Adam learning rate of pretraining",
+    "chunk": "networks trained at once (vmapped)",
+    "PretrainConfig.val_size": "training images held out (not trained on)",
+    # Paper experiments (experiments.configs).
+    "source": "source dataset of the pretrained pool: " + _DATASETS,
+    "target": "target dataset distilled and evaluated on: " + _DATASETS,
+    "pool": "existing pool.npz of pretrained networks (empty: pretrain one "
+            "in the workdir)",
+    "pool_size": "networks in the pretrained source pool",
+    "pretrain_epochs": "training epochs of each pool network",
+    "dd_time_budget_s": "wall-clock seconds of each DD run (0: no limit)",
+    "dd_outer_steps": "outer steps of each DD run (0: the time budget alone)",
+    "lr_grid": "baseline learning rates tried on validation, comma-separated "
+               "numbers or 'learned' (the DD run's learned lrs)",
+    "epoch_grid": "baseline epoch counts tried on validation, comma-separated",
+    "random_sets": "random-real sets evaluated",
+    "optimized_sets": "random-real sets scored on validation for the "
+                      "optimized-real baseline",
+    "kmeans_seeds": "k-means seeds of the k-means baseline",
+    "full_target_epochs": "epochs of fine-tuning on the whole target split",
+    "full_target_lr": "SGD learning rate of the full-target fine-tuning",
+    "full_target_batch": "minibatch size of the full-target fine-tuning",
+    "distilled": "distilled.npz to evaluate",
+    "archs": "architectures to evaluate on, comma-separated from lenet, "
+             "alexcifarnet, convnet, mlp",
+    "retrain_lrs": "retraining learning rates tried on validation, "
+                   "comma-separated",
+    "retrain_epochs": "epochs of minibatch retraining on the distilled images",
+    "retrain_batch": "minibatch size of the retraining",
+    "dim": "dimension D of the regression problem",
+    "num_data": "training points of the regression problem",
+    "LinRegConfig.num_inits": "initial weights theta_0 ~ N(0, I) sampled",
+    "LinRegConfig.lr": "learning rate of the one GD step",
+    "fit_steps": "Adam steps of the numerical solve",
+    "pool_train": "pool networks that train the attack",
+    "PoisonConfig.pool_heldout": "held-out pool networks the attack is "
+                                 "evaluated on",
+    "PoisonConfig.num_inits": "pool networks per outer step",
+    "steps_list": "Fig. 4a: GD step counts, comma-separated",
+    "epochs_list": "Fig. 4b: epoch counts, comma-separated",
+    "fig4b_steps": "Fig. 4b: GD steps of each point",
+    "images_list": "Fig. 5: images per class, comma-separated",
+    "point_budget_s": "wall-clock seconds of each point's DD run (0: none)",
+    "point_outer_steps": "outer steps of each point's DD run (0: the time "
+                         "budget alone)",
+    "fixed_dir": "workdir of a fixed-init DD run (distilled.npz, "
+                 "report.json)",
+    "random_dir": "workdir of a random-init DD run (distilled.npz, "
+                  "report.json); its learned lrs are the baselines' "
+                  "'learned'",
+    "extra_random_dirs": "more random-init DD workdirs, comma-separated, one "
+                         "table row each",
+    "top_frac": "fraction of the scored random-real sets kept as optimized "
+                "real",
+    "knn_ks": "k of the k-NN baselines, comma-separated",
+    "val_limit": "class-stratified validation images used for the baselines' "
+                 "selection (0: the whole split)",
+}
+
+
+def lookup(table: dict, cls_name: str, field: str):
+  """The entry of `field` of class `cls_name` in HELP or CHOICES, or None."""
+  return table.get(f"{cls_name}.{field}", table.get(field))
