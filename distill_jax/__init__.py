@@ -3,8 +3,10 @@
 Public entry points (modules are imported explicitly, e.g.
 `from distill_jax import train`):
 
-  * `distill_jax.train.run(cfg, workdir)`: a whole distillation run;
-  * `distill_jax.meta.value_and_grad`: the vmapped meta-gradient;
+  * `distill_jax.train.run(cfg, workdir)`: a whole DD run
+    (`distill_jax.rat_train.run` for RaT-BPTT, `distill_jax.boost.run`);
+  * `distill_jax.core`: the bilevel core (`core.meta.value_and_grad`: the
+    meta-gradient vmapped over initialisations);
   * `distill_jax.evaluate`: replay / retrain evaluation;
   * `distill_jax.load_distilled_set(path)`: read and validate a distilled
     set (a `DistilledSet`, any method; `save_distilled_set` writes one).
