@@ -11,9 +11,9 @@ flattened:
      r = `reg` * mean(lambda) = `reg` * trace(C) / D (`reg` = 0.1).
 
 `Zca(matrix=W, mean=mu)` is all that is needed to apply the same transform
-to validation / test data; store it with the distilled set through
-`storage.save_distilled(..., extra=as_extra(z))` and read it back with
-`from_extra(loaded.extra)`.
+to validation / test data; it is stored with the distilled set as the
+`zca` field of a `DistilledSet` (`storage.save_distilled_set`), and
+`as_extra` / `from_extra` give its arrays by name.
 """
 
 from typing import NamedTuple
@@ -96,7 +96,7 @@ def unwhiten(z: Zca, x: np.ndarray) -> np.ndarray:
 
 
 def as_extra(z: Zca) -> dict:
-  """The arrays to pass as `storage.save_distilled(..., extra=...)`."""
+  """The transform's arrays by name (as a distilled-set file stores them)."""
   return {"zca_matrix": z.matrix, "zca_mean": z.mean}
 
 
