@@ -177,26 +177,16 @@ class ReplayTest(absltest.TestCase):
     self.assertAlmostEqual(float(got[0]), want["replay_test_acc"], places=6)
 
 
-class BadV1FilesTest(absltest.TestCase):
+class BadV1FilesTest(test_utils.BadDistilledFileAsserts,
+                     absltest.TestCase):
 
   def setUp(self):
     super().setUp()
     self.path = os.path.join(self.create_tempdir().full_path, "bad.npz")
 
   def _rewrite(self, name, **changes):
-    with np.load(os.path.join(FIXTURES, name)) as z:
-      files = dict(z)
-    for k, v in changes.items():
-      if v is None:
-        del files[k]
-      else:
-        files[k] = v
-    np.savez(self.path, **files)
-
-  def _fails(self, pattern):
-    with self.assertRaisesRegex(storage.DistilledFileError,
-                                f"^{self.path}: .*{pattern}"):
-      storage.load_distilled_set(self.path)
+    test_utils.rewrite_npz(os.path.join(FIXTURES, name), self.path,
+                           **changes)
 
   def test_truncated(self):
     shutil.copy(os.path.join(FIXTURES, "rat_v1.npz"), self.path)

@@ -118,7 +118,8 @@ class RoundTripTest(absltest.TestCase):
       self.assertFalse(os.path.exists(self.path))
 
 
-class BadFileTest(absltest.TestCase):
+class BadFileTest(test_utils.BadDistilledFileAsserts,
+                  absltest.TestCase):
 
   def setUp(self):
     super().setUp()
@@ -127,19 +128,7 @@ class BadFileTest(absltest.TestCase):
     storage.save_distilled_set(self.path, _rat_set())
 
   def _rewrite(self, **changes):
-    with np.load(self.path) as z:
-      files = dict(z)
-    for k, v in changes.items():
-      if v is None:
-        del files[k]
-      else:
-        files[k] = v
-    np.savez(self.path, **files)
-
-  def _fails(self, pattern):
-    with self.assertRaisesRegex(storage.DistilledFileError,
-                                f"^{self.path}: .*{pattern}"):
-      storage.load_distilled_set(self.path)
+    test_utils.rewrite_npz(self.path, self.path, **changes)
 
   def test_missing_file(self):
     self.path = os.path.join(self.dir, "nope.npz")

@@ -107,3 +107,25 @@ def write_fake_datasets(root: str, n_train: int = 300, n_test: int = 60,
            y_train=ytr, x_test=xte, y_test=yte,
            train_labels_all50000=np.zeros(50000, np.uint8))
   return root
+
+
+def rewrite_npz(src: str, dst: str, **changes) -> None:
+  """Copies the .npz `src` to `dst` with fields replaced (None deletes)."""
+  with np.load(src) as z:
+    files = dict(z)
+  for k, v in changes.items():
+    if v is None:
+      del files[k]
+    else:
+      files[k] = v
+  np.savez(dst, **files)
+
+
+class BadDistilledFileAsserts:
+  """Mixin for tests of `storage.load_distilled_set` on `self.path`."""
+
+  def _fails(self, pattern):
+    from distill_jax import storage  # pylint: disable=g-import-not-at-top
+    with self.assertRaisesRegex(storage.DistilledFileError,
+                                f"^{self.path}: .*{pattern}"):
+      storage.load_distilled_set(self.path)

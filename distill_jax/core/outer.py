@@ -89,12 +89,6 @@ def clip_by_ema(grad: jax.Array, ema: jax.Array, coef: float):
   return grad * scale, ema, n
 
 
-def all_finite(tree) -> jax.Array:
-  """True iff every leaf of `tree` is finite (a scalar bool)."""
-  leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 def make_step(grad_fn: Callable, tx: optax.GradientTransformation, *,
               clip_coef: float = 0.0, x_scale=None) -> Callable:
   """The outer step `step(state, *args) -> (state, metrics)`.
@@ -110,8 +104,8 @@ def make_step(grad_fn: Callable, tx: optax.GradientTransformation, *,
 
   Returns:
     The pure step; metrics hold "loss", "grad_norm" (the image gradient's
-    norm before clipping), "clip_ema", "finite" (loss, gradient and new
-    learned data all finite) and whatever `grad_fn` adds.
+    norm before clipping), "clip_ema" and whatever `grad_fn` adds. (The
+    host loop checks finiteness where it syncs anyway, `run.guard`.)
   """
   def step(state: OuterState, *args):
     loss, grads, extra = grad_fn(state.learned, state.step, *args)
@@ -127,8 +121,7 @@ def make_step(grad_fn: Callable, tx: optax.GradientTransformation, *,
     learned = optax.apply_updates(state.learned, updates)
     if "y" in learned:
       learned = {**learned, "y": jnp.maximum(learned["y"], 0.0)}
-    finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(learned)
     metrics = {"loss": loss, "grad_norm": gnorm, "clip_ema": ema,
-               "finite": finite, **extra}
+               **extra}
     return OuterState(learned, opt_state, ema, state.step + 1), metrics
   return step
