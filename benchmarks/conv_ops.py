@@ -1,4 +1,4 @@
-"""Per-op and meta-step timings of distill_jax.layers implementations.
+"""Per-op and meta-step timings of distill_jax.nn.layers implementations.
 
 Prints one JSON document with, for each implementation, the median wall time
 (after warm-up) of LeNet/MNIST building blocks on a batch of 1024, the full
@@ -65,7 +65,7 @@ def run_jax(impl_names, runs, meta_runs, checkpoint):
   """Times every op for each implementation; returns a dict."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from distill_jax import layers  # pylint: disable=g-import-not-at-top
+  from distill_jax.nn import layers  # pylint: disable=g-import-not-at-top
 
   key = jax.random.PRNGKey(0)
   ks = jax.random.split(key, 12)
@@ -272,7 +272,7 @@ def main():
          "results": {}}
   if not args.torch_only:
     if args.tune_malloc:
-      from distill_jax import layers  # pylint: disable=g-import-not-at-top
+      from distill_jax.nn import layers  # pylint: disable=g-import-not-at-top
       out["config"]["tune_malloc"] = layers.tune_cpu_malloc()
     import jax  # pylint: disable=g-import-not-at-top
     out["config"]["jax"] = jax.__version__

@@ -33,11 +33,11 @@ def _build(spec: dict):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from distill_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from distill_jax import distilled  # pylint: disable=g-import-not-at-top
-  from distill_jax import models  # pylint: disable=g-import-not-at-top
-  from distill_jax import layers  # pylint: disable=g-import-not-at-top
+  from distill_jax.methods import dd_data as distilled  # pylint: disable=g-import-not-at-top
+  from distill_jax.nn import models  # pylint: disable=g-import-not-at-top
+  from distill_jax.nn import layers  # pylint: disable=g-import-not-at-top
   from distill_jax.methods import dd as outer  # pylint: disable=g-import-not-at-top
-  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
+  from distill_jax.platform import xla_options  # pylint: disable=g-import-not-at-top
 
   if jax.default_backend() == "cpu" and spec.get("tune_malloc", True):
     layers.tune_cpu_malloc()
@@ -46,7 +46,7 @@ def _build(spec: dict):
       steps=spec["steps"], epochs=spec["epochs"], num_inits=spec["num_inits"],
       remat=spec["remat"], real_batch=spec["real_batch"],
       real_chunk=spec.get("real_chunk", 16),
-      init_group=spec.get("init_group", -1),
+      init_group=spec.get("init_group", 4),
       arch=spec.get("arch", "lenet"))
   shape, classes = tuple(spec.get("shape", (28, 28, 1))), 10
   model = models.build(cfg, shape, classes)
@@ -89,8 +89,10 @@ def measure(spec: dict) -> dict:
   """Runs one configuration in this process and returns its figures."""
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
-  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
-  xla_options.limit_malloc_arenas_from_env(0)  # as the DD command lines.
+  from distill_jax import platform  # pylint: disable=g-import-not-at-top
+  # As the DD command lines: glibc's default malloc arenas.
+  platform.configure(platform.Platform(
+      malloc_arenas=spec.get("malloc_arenas", 0)))
   if "compare_inits" in spec:
     return measure_ratio(spec)
   run_once, info = _build(spec)

@@ -46,14 +46,16 @@ def measure(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from distill_jax import models  # pylint: disable=g-import-not-at-top
-  from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
-  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
+  from distill_jax.nn import models  # pylint: disable=g-import-not-at-top
+  from distill_jax.methods import rat_bptt  # pylint: disable=g-import-not-at-top
+  from distill_jax import platform  # pylint: disable=g-import-not-at-top
+  from distill_jax.platform import xla_options  # pylint: disable=g-import-not-at-top
 
-  xla_options.limit_malloc_arenas_from_env(1)  # as the RaT command lines.
-  # As rat_bptt_cifar does for the CIFAR recipe (large blocks stay mapped).
-  keep_mapped = xla_options.keep_malloc_mapped_from_env(
-      spec.pop("keep_mapped", False))
+  # One malloc arena as the RaT command lines; large blocks stay mapped where
+  # the spec says so, as rat_bptt_cifar does for the CIFAR recipe.
+  keep_mapped = spec.pop("keep_mapped", False)
+  platform.configure(platform.Platform(malloc_arenas=spec.pop(
+      "malloc_arenas", 1), keep_malloc_mapped=keep_mapped))
   shape, classes = tuple(spec.pop("shape")), 10
   runs = spec.pop("runs")
   name = spec.pop("name")
@@ -113,7 +115,7 @@ def count_flops(cfg, model, learned, fixed, x, y, mean_start: float) -> float:
   recomputes its forward when `remat != "none"`).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
+  from distill_jax.methods import rat_bptt  # pylint: disable=g-import-not-at-top
   from distill_jax.core import inner  # pylint: disable=g-import-not-at-top
   from distill_jax.core import unroll  # pylint: disable=g-import-not-at-top
 

@@ -11,8 +11,8 @@ PyTorch process).
   python benchmarks/rat_job_memory.py --data_dir=../shared/datasets \\
       --out=/tmp/rat_job_memory.json [--xla_defaults]
 
-`--xla_defaults` compiles with XLA's default options
-(DISTILL_JAX_XLA_DEFAULTS=1) for comparison. `--preset_eval` keeps the
+`--xla_defaults` compiles with XLA's default options (the entry point's
+`--xla_cpu_defaults`) for comparison. `--preset_eval` keeps the
 preset's evaluation instead of the minimal one: validation candidates on 2
 networks every 5 outer steps and the final evaluation of 8 networks trained
 for 300/600/1000 steps (what a full run adds on top of its outer steps;
@@ -41,13 +41,12 @@ def main():
   parser.add_argument("--xla_defaults", action="store_true")
   parser.add_argument("--preset_eval", action="store_true")
   args = parser.parse_args()
-  env = dict(os.environ)
-  if args.xla_defaults:
-    env["DISTILL_JAX_XLA_DEFAULTS"] = "1"
   flags = ["--preset=cpu_ipc1", "--total_steps=20", "--window=20",
            "--truncation=full", f"--outer_steps={args.outer_steps}",
            "--eval_every=0", "--eval_budgets=20", "--eval_nets=1",
            "--val_nets=1", "--progress=false"]
+  if args.xla_defaults:
+    flags.append("--xla_cpu_defaults")
   if args.preset_eval:
     flags = [f for f in flags if f.split("=")[0] not in (
         "--eval_every", "--eval_budgets", "--eval_nets", "--val_nets")]
@@ -57,7 +56,7 @@ def main():
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.rat_bptt_fashion",
          f"--workdir={workdir}", f"--data_dir={args.data_dir}", *flags],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
       sys.exit(f"The job failed (exit {proc.returncode}):\n"

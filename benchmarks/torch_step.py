@@ -81,7 +81,7 @@ def tune_malloc() -> bool:
   PyTorch's CPU tensors come from `malloc`; blocks above ~32 MB are mmapped
   and unmapped on free, so each step page-faults its large activations in
   again (on a 24 GB AVX2 machine ~40% of the CIFAR-10 recipe's CPU time was
-  system time). The same setting as `distill_jax.layers.tune_cpu_malloc`.
+  system time). The same setting as `distill_jax.nn.layers.tune_cpu_malloc`.
   """
   import ctypes  # pylint: disable=g-import-not-at-top
   import ctypes.util  # pylint: disable=g-import-not-at-top

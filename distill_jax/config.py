@@ -95,9 +95,9 @@ class DistillConfig:
   real_batch: int = 1024
   real_chunk: int = 16  # real-batch loss computed in chunks (0 = at once).
   remat: str = "full"
-  # Initialisations per vmap call; groups run one after another. -1 = pick
-  # for the backend (4 on CPU, all at once on GPU/TPU), 0 = all at once.
-  init_group: int = -1
+  # Initialisations per vmap call; groups run one after another. 0 = all
+  # at once (one vmap; also used when the inits are sharded over devices).
+  init_group: int = 4
   objective: str = "ce"
   poison_source: int = 0  # class K whose images should become class T.
   poison_target: int = 1
@@ -159,10 +159,9 @@ class DistillConfig:
       raise ValueError(
           f"init_mode={self.init_mode} needs pretrained_pool=<pool.npz>; "
           "make one with `python -m experiments.pretrain`.")
-    if self.init_group < -1:
-      raise ValueError(
-          f"init_group={self.init_group} must be -1 (auto), 0 (all) or a "
-          "positive number of initialisations per vmap call.")
+    if self.init_group < 0:
+      raise ValueError(f"init_group={self.init_group} must be 0 (all) or a "
+                       "positive group size.")
     if self.real_chunk < 0:
       raise ValueError(f"real_chunk={self.real_chunk} must be >= 0.")
     if self.val_size < 0:
@@ -183,6 +182,8 @@ class DistillConfig:
     d = dict(d)
     if "mlp_hidden" in d:
       d["mlp_hidden"] = tuple(d["mlp_hidden"])
+    if d.get("init_group") == -1:  # "by backend" in files of older versions.
+      d["init_group"] = cls.init_group
     return cls(**d)
 
 

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import flax.struct
 import numpy as np
 
-from distill_jax import zca as zca_lib
+from distill_jax.data import zca as zca_lib
 
 FORMAT_VERSION = 2
 METHODS = ("dd", "rat_bptt", "boost_dd")

@@ -40,13 +40,15 @@ import os
 import jax
 import jax.numpy as jnp
 
-from distill_jax import baselines
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import pretrain
-from distill_jax import storage
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import grid as grid_lib
+from distill_jax.eval import replay as evaluate
+from distill_jax.methods import baselines
+from distill_jax.nn import models
+from distill_jax.run import storage
+from distill_jax.run import train_pool as pretrain
 from experiments import common
 from experiments import configs
 from experiments import presets
@@ -79,7 +81,7 @@ preset = PRESETS  # preset("smoke") builds a config (presets.Presets).
 def run(cfg: AdaptConfig, workdir: str, *, data_dir=None,
         show_progress: bool = True) -> dict:
   cfg.validate()
-  from distill_jax import train  # pylint: disable=g-import-not-at-top
+  from distill_jax.run import train_dd as train  # pylint: disable=g-import-not-at-top
   log = print if show_progress else (lambda s: None)
   load = lambda name, val: data.load(  # pylint: disable=g-long-lambda
       name, manual_dir=data_dir, val_size=val, seed=cfg.seed,
@@ -136,17 +138,17 @@ def run(cfg: AdaptConfig, workdir: str, *, data_dir=None,
       jax.random.key(cfg.seed + 2), model.apply, tgt, steps=cfg.steps,
       per_class=1, learned_lrs=dd["random_pretrained"].lrs,
       val_params0=val_params0, test_params0=heldout,
-      lr_options=baselines.parse_lr_grid(cfg.lr_grid),
+      lr_options=grid_lib.parse_lr_grid(cfg.lr_grid),
       epoch_options=cfg.epoch_grid, random_sets=cfg.random_sets,
       optimized_sets=cfg.optimized_sets, kmeans_seeds=cfg.kmeans_seeds,
       batch=cfg.eval_batch, log=log))
   for knn in ("knn_random_real", "knn_kmeans"):  # not rows of Table 2
     rows.pop(knn)
   x_test, y_test = jnp.asarray(tgt.x_test), jnp.asarray(tgt.y_test)
-  rows["no_adaptation"] = {"test_acc": evaluate.summary(evaluate.accuracy(
+  rows["no_adaptation"] = {"test_acc": accuracy_lib.summary(accuracy_lib.accuracy(
       model.apply, heldout, x_test, y_test, batch=cfg.eval_batch))}
   rows["full_target"] = {
-      "test_acc": evaluate.summary(evaluate.retrain_accuracy(
+      "test_acc": accuracy_lib.summary(evaluate.retrain_accuracy(
           model.apply, heldout, jax.random.key(cfg.seed + 3),
           jnp.asarray(tgt.x_train), jnp.asarray(tgt.y_train), x_test, y_test,
           lr=cfg.full_target_lr, epochs=cfg.full_target_epochs,

@@ -25,8 +25,8 @@ Presets:
   * smoke: seconds, for tests.
 """
 
-from distill_jax import boost
-from distill_jax import rat_bptt
+from distill_jax.methods import rat_bptt
+from distill_jax.run import train_boost as boost
 from experiments import common
 from experiments import presets
 

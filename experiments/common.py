@@ -5,7 +5,10 @@ name whose default is the preset's value, so `--help` shows the real
 defaults and a flag given on the command line always wins. Help texts say
 what each field means (`experiments.flag_help`); choice fields are enum
 flags. Extra flags: --workdir, --data_dir, --resume, --progress, --preset
-(presets: `experiments.presets`). The library itself never reads flags.
+(presets: `experiments.presets`) and the platform options
+--xla_cpu_defaults, --cpu_wide_conv, --malloc_arenas, --keep_malloc_mapped
+(`distill_jax.platform.Platform`, configured once before the run starts).
+The library itself never reads flags.
 
 Bad flags and bad configs stop the program with one line `error: ...` on
 stderr and exit status 2 (`fail`): `run` parses flags with `parse_flags`,
@@ -25,10 +28,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from distill_jax import augment
 from distill_jax import config as config_lib
-from distill_jax import pretrain
-from distill_jax import rat_bptt
+from distill_jax import platform
+from distill_jax.data import augment
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import layers
+from distill_jax.run import train_pool as pretrain
 from experiments import configs
 from experiments import flag_help
 
@@ -181,10 +186,51 @@ def define_flags(presets, cfg_cls=config_lib.DistillConfig,
   flags.DEFINE_bool("resume", False, "continue from the newest checkpoint",
                     **kw)
   flags.DEFINE_bool("progress", True, "show a progress line on stderr", **kw)
+  define_platform_flags(flag_values)
   hints = typing.get_type_hints(cfg_cls)
   for f in dataclasses.fields(cfg_cls):
     _define_field(cfg_cls, f, getattr(base, f.name), hints[f.name],
                   flag_values)
+
+
+def define_platform_flags(flag_values=FLAGS) -> None:
+  """The flags of the `platform.Platform` fields (`platform_from_flags`)."""
+  default = platform.Platform()
+  kw = dict(flag_values=flag_values)
+  flags.DEFINE_bool(
+      "xla_cpu_defaults", default.xla_cpu_defaults, "compile with XLA's "
+      "default options on CPU instead of the library's (which take less "
+      "compiler memory at the same speed)", **kw)
+  flags.DEFINE_enum(
+      "cpu_wide_conv", default.cpu_wide_conv, list(layers.CONV_IMPLS),
+      "convolution implementation on CPU for 32+ input channels (the same "
+      "values up to float rounding; xla_vjp is the fastest, im2col also "
+      "supports jax.jvp)", **kw)
+  flags.DEFINE_integer(
+      "malloc_arenas", None, "glibc malloc arenas, set before JAX starts "
+      "its threads (0: glibc's default; default: 1 for the RaT-BPTT entry "
+      "points, 0 for the others)", lower_bound=0, **kw)
+  flags.DEFINE_bool(
+      "keep_malloc_mapped", None, "keep large malloc blocks mapped instead "
+      "of unmapping them after every use: faster, more resident memory "
+      "(default: on for rat_bptt_cifar; the DD trainer always does on CPU)",
+      **kw)
+
+
+def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
+                        keep_mapped: bool = False) -> platform.Platform:
+  """The `Platform` of the platform flags; `malloc_arenas` and
+  `keep_mapped` are the entry point's defaults for the malloc flags not
+  given. A bad value ends the program with one `error:` line (`fail`)."""
+  arenas, keep = flag_values.malloc_arenas, flag_values.keep_malloc_mapped
+  try:
+    return platform.Platform(
+        xla_cpu_defaults=flag_values.xla_cpu_defaults,
+        cpu_wide_conv=flag_values.cpu_wide_conv,
+        malloc_arenas=malloc_arenas if arenas is None else arenas,
+        keep_malloc_mapped=keep_mapped if keep is None else keep)
+  except ValueError as e:
+    fail(e)
 
 
 def config_from_flags(presets, cfg_cls=config_lib.DistillConfig,
@@ -214,27 +260,20 @@ def run_flags(**kwargs) -> dict:
               show_progress=FLAGS.progress, **kwargs)
 
 
-def run_and_report(run_fn, cfg, workdir: str, *, malloc_arenas: int = 0,
-                   keep_mapped: bool = False, **kwargs) -> dict:
+def run_and_report(run_fn, cfg, workdir: str, *,
+                   platform_cfg: platform.Platform | None = None,
+                   **kwargs) -> dict:
   """Runs `run_fn(cfg, workdir, ...)`, turning user errors into messages.
 
-  `malloc_arenas` caps glibc's malloc arenas first (0: glibc's default;
-  env DISTILL_JAX_MALLOC_ARENAS overrides; see
-  `xla_options.limit_malloc_arenas`); `keep_mapped` keeps large malloc
-  blocks mapped (env DISTILL_JAX_KEEP_MALLOC_MAPPED=0/1 overrides; see
-  `xla_options.keep_malloc_mapped`).
+  `platform_cfg` (see `platform_from_flags`), when given, is configured
+  first (`platform.configure`: compile options, CPU convolutions, malloc).
   """
   if not FLAGS["verbosity"].present:  # Keep library INFO logs quiet.
     logging.set_verbosity(logging.WARNING)
   from distill_jax import data  # pylint: disable=g-import-not-at-top
-  from distill_jax import storage  # pylint: disable=g-import-not-at-top
-  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
-  try:
-    xla_options.limit_malloc_arenas_from_env(malloc_arenas)
-    xla_options.keep_malloc_mapped_from_env(keep_mapped)
-  except ValueError as e:
-    sys.stderr.write(f"\nerror: {e}\n")
-    sys.exit(2)
+  from distill_jax.run import storage  # pylint: disable=g-import-not-at-top
+  if platform_cfg is not None:
+    platform.configure(platform_cfg)
   from distill_jax.run import guard  # pylint: disable=g-import-not-at-top
   try:
     report = run_fn(cfg, workdir, **kwargs)
@@ -273,24 +312,26 @@ def distill_main(presets):
     check_args(argv)
     check_workdir(FLAGS.workdir)
     cfg = config_from_flags(presets)
-    from distill_jax import train  # pylint: disable=g-import-not-at-top
-    run_and_report(train.run, cfg, FLAGS.workdir, **run_flags())
+    from distill_jax.run import train_dd as train  # pylint: disable=g-import-not-at-top
+    run_and_report(train.run, cfg, FLAGS.workdir,
+                   platform_cfg=platform_from_flags(), **run_flags())
   return main
 
 
 def rat_main(presets, run_fn, extra_kwargs=dict, keep_mapped: bool = False):
   """Returns an absl `main` running `run_fn(cfg, workdir, ...)` on the
   RatConfig of the flags; `extra_kwargs()` (called after flag parsing)
-  adds the experiment's own flags; `keep_mapped` keeps large malloc blocks
-  mapped (`run_and_report`)."""
+  adds the experiment's own flags; `keep_mapped` is the default of
+  --keep_malloc_mapped."""
   def main(argv):
     check_args(argv)
     check_workdir(FLAGS.workdir)
     cfg = config_from_flags(presets, cfg_cls=rat_bptt.RatConfig)
     # One malloc arena: RaT-BPTT jobs' peak memory 677 -> 594 MiB at the
     # same step time (BUILD.md, Benchmarks).
-    run_and_report(run_fn, cfg, FLAGS.workdir, malloc_arenas=1,
-                   keep_mapped=keep_mapped,
+    platform_cfg = platform_from_flags(malloc_arenas=1,
+                                       keep_mapped=keep_mapped)
+    run_and_report(run_fn, cfg, FLAGS.workdir, platform_cfg=platform_cfg,
                    **run_flags(**extra_kwargs()))
   return main
 
@@ -303,6 +344,8 @@ def config_main(presets, cfg_cls, run_fn, **run_kwargs):
     check_args(argv)
     check_workdir(FLAGS.workdir)
     cfg = config_from_flags(presets, cfg_cls)
-    run_and_report(run_fn, cfg, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                   show_progress=FLAGS.progress, **run_kwargs)
+    run_and_report(run_fn, cfg, FLAGS.workdir,
+                   platform_cfg=platform_from_flags(),
+                   data_dir=FLAGS.data_dir, show_progress=FLAGS.progress,
+                   **run_kwargs)
   return main

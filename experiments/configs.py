@@ -11,8 +11,8 @@ configurations are in `experiments.presets`.
 
 import dataclasses
 
-from distill_jax import baselines
 from distill_jax import config as config_lib
+from distill_jax.eval import grid as grid_lib
 
 
 
@@ -69,7 +69,7 @@ class AdaptConfig:
           f"leaves fewer training networks than val_inits={self.val_inits}.")
     if self.val_size < 1:
       raise ValueError("val_size must be >= 1 (selection on validation).")
-    baselines.parse_lr_grid(self.lr_grid)
+    grid_lib.parse_lr_grid(self.lr_grid)
     return self
 
 
@@ -240,7 +240,7 @@ class Table1Config:
             f"--{name} is required: the workdir of a DD run holding "
             "distilled.npz and report.json (experiments.dd_mnist_fixed / "
             "dd_mnist_random).")
-    baselines.parse_lr_grid(self.lr_grid)
+    grid_lib.parse_lr_grid(self.lr_grid)
     if self.val_limit < 0:
       raise ValueError(f"val_limit={self.val_limit} must be >= 0 (0: the "
                        "whole validation split).")

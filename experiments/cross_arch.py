@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 
 from distill_jax import config as config_lib
-from distill_jax import evaluate
-from distill_jax import inits
-from distill_jax import models
-from distill_jax import storage
-from distill_jax import train
+from distill_jax import data
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import replay as evaluate
+from distill_jax.nn import inits
+from distill_jax.nn import models
+from distill_jax.run import storage
 from experiments import common
 from experiments import configs
 from experiments import presets
@@ -57,7 +58,7 @@ def run(cfg: CrossArchConfig, workdir: str, *, data_dir=None,
     raise ValueError(f"{cfg.distilled} has no config in its metadata.")
   src_cfg = config_lib.DistillConfig.from_dict(dset.metadata["config"])
   d = dset.as_dd()  # the learned steps, replayed in order.
-  ds = train.load_data(src_cfg, data_dir)
+  ds = data.load_for(src_cfg, data_dir)
   if len(ds.y_val) == 0:
     raise ValueError("The distilled set's run had val_size=0; retrain lr "
                      "selection needs a validation split.")
@@ -87,8 +88,8 @@ def run(cfg: CrossArchConfig, workdir: str, *, data_dir=None,
                              lr).mean()) for lr in cfg.lr_list()}
     best_lr = max(val, key=val.get)
     test = retrain(p_test, x_test, y_test, best_lr)
-    rows[arch] = {"replay": evaluate.summary(replay),
-                  "retrain": evaluate.summary(test), "retrain_lr": best_lr,
+    rows[arch] = {"replay": accuracy_lib.summary(replay),
+                  "retrain": accuracy_lib.summary(test), "retrain_lr": best_lr,
                   "retrain_val_acc": {str(k): v * 100 for k, v in
                                       val.items()}}
     print(f"{arch}: replay {rows[arch]['replay']['mean']:.2f}, retrain "

@@ -10,9 +10,9 @@ prints the values as `<a|b|c>` in front of the help.
 """
 
 from distill_jax import config as config_lib
-from distill_jax import inner_opt
-from distill_jax import rat_bptt
-from distill_jax import truncation
+from distill_jax.core import inner_opt
+from distill_jax.core import truncation
+from distill_jax.methods import rat_bptt
 
 # Allowed values of the choice fields; "ClassName.field" keys as in HELP.
 CHOICES = {
@@ -28,6 +28,7 @@ CHOICES = {
     "inner_opt": inner_opt.NAMES,
     "truncation": truncation.MODES,
     "boost_mode": rat_bptt.BOOST_MODES,
+    "eval_parallel": ("map", "vmap"),
 }
 
 _DATASETS = ("mnist, fashion_mnist, usps, cifar10, cifar10_subset or "
@@ -115,7 +116,7 @@ HELP = {
     "remat": "rematerialisation policy of the unrolled inner steps (memory "
              "against compute)",
     "init_group": "initialisations per vmap call, groups run one after "
-                  "another (-1: pick for the backend, 0: all at once)",
+                  "another (0: all at once, e.g. on GPU/TPU)",
     "objective": "meta-objective: ce = classify the real data, poison = make "
                  "class poison_source predicted as poison_target",
     "poison_source": "class K whose images the attack makes classified as T",
@@ -140,6 +141,9 @@ HELP = {
     "val_inits": "initialisations of each validation evaluation",
     "select_on_val": "keep the set with the best validation accuracy",
     "eval_batch": "images per forward pass in evaluation (bounds memory)",
+    "eval_parallel": "fresh evaluation networks one after another (map: "
+                     "one network's memory, faster on CPU) or side by side "
+                     "(vmap: GPU/TPU)",
     "eval_budgets": "training steps of the fresh evaluation networks tried, "
                     "comma-separated; the best on validation is reported",
     "eval_nets": "fresh networks trained for the test accuracy",
@@ -148,7 +152,7 @@ HELP = {
     "seed": "random seed",
     "log_every": "outer steps between metric lines",
     "checkpoint_every": "outer steps between checkpoints",
-    # Pretraining (distill_jax.pretrain).
+    # Pretraining (distill_jax.run.train_pool).
     "num_nets": "networks to pretrain",
     "PretrainConfig.epochs": "training epochs per network (fractions allowed)",
     "batch_size": "training minibatch size",

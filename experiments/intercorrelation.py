@@ -7,7 +7,7 @@ test accuracy (validation-selected RaT-BPTT protocol, mean +- std) of
     direct set (--subset_draws draws; nets x draws pooled);
   * boost: the first b blocks of a Boost-DD set with 1 image per class per
     block, for each reading in --boost_modes (METHODS.md B.10;
-    `distill_jax.boost`): "frozen" (earlier blocks fixed, inner loss weight
+    `distill_jax.run.train_boost`): "frozen" (earlier blocks fixed, inner loss weight
     beta) and "slow" (earlier blocks keep learning at beta x the outer
     update).
 Writes intercorrelation.md, intercorrelation.json and intercorrelation.png
@@ -42,14 +42,14 @@ from absl import flags
 import jax
 import numpy as np
 
-from distill_jax import boost
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import rat_eval
-from distill_jax import rat_train
-from distill_jax import storage
-from distill_jax import viz
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
+from distill_jax.run import storage
+from distill_jax.run import train_boost as boost
+from distill_jax.run import train_rat as rat_train
+from distill_jax.run import viz
 from experiments import common
 from experiments import presets
 
@@ -127,7 +127,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
           sup, learned, cfg.eval_nets,
           (prep.x_val, ds.y_val), (prep.x_test, ds.y_test), norm=prep.norm)
       accs.append(res["test"])
-    subset[b] = evaluate.summary(np.concatenate(accs))
+    subset[b] = accuracy_lib.summary(np.concatenate(accs))
 
   rows = [{"ipc": b, "direct": direct[b], "random_subset": subset[b],
            **{_col(m): boost_acc[m].get(b) for m in boost_modes}}
@@ -181,5 +181,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("subset_draws", 3, "random subsets drawn per budget")
   common.define_choice_list("boost_modes", ("frozen", "slow"),
                             rat_bptt.BOOST_MODES,
-                            "Boost-DD readings compared (distill_jax.boost)")
+                            "Boost-DD readings compared (distill_jax.run.train_boost)")
   common.run(main)

@@ -23,9 +23,9 @@ import os
 import jax
 import numpy as np
 
-from distill_jax import linear_regression
-from distill_jax import storage
-from distill_jax import viz
+from distill_jax.methods import linear_regression
+from distill_jax.run import storage
+from distill_jax.run import viz
 from experiments import common
 from experiments import configs
 from experiments import presets

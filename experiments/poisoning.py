@@ -1,7 +1,7 @@
 """Malicious data poisoning (paper Sec. 3.5 / 4.x): one GD step K -> T.
 
 p(theta_0) is a pool of well-trained LeNets (pretrained here with
-`distill_jax.pretrain` unless --pool is given); the first members train the
+`distill_jax.run.train_pool` unless --pool is given); the first members train the
 attack, the last --pool_heldout are never seen. The distilled images and lr
 of ONE GD step (--steps=1 --epochs=1) minimise the K->T loss (class K's
 labels replaced by T) of the stepped network (`objective="poison"`). On the
@@ -33,11 +33,12 @@ import numpy as np
 
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import pretrain
-from distill_jax import storage
-from distill_jax import train
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import replay as evaluate
+from distill_jax.nn import models
+from distill_jax.run import storage
+from distill_jax.run import train_dd as train
+from distill_jax.run import train_pool as pretrain
 from experiments import common
 from experiments import configs
 from experiments import presets
@@ -53,13 +54,13 @@ def poison_metrics(apply_fn, params, x, y, source: int, target: int,
   """Per-model K->T rate and accuracy on the other classes (summaries)."""
   is_k = y == source
   x_k = jnp.asarray(x[is_k])
-  rate = evaluate.accuracy(apply_fn, params, x_k,
-                           jnp.full((len(x_k),), target, jnp.int32),
-                           batch=batch)
-  other = evaluate.accuracy(apply_fn, params, jnp.asarray(x[~is_k]),
-                            jnp.asarray(y[~is_k]), batch=batch)
-  return {"source_as_target": evaluate.summary(rate),
-          "other_classes_acc": evaluate.summary(other)}
+  rate = accuracy_lib.accuracy(apply_fn, params, x_k,
+                               jnp.full((len(x_k),), target, jnp.int32),
+                               batch=batch)
+  other = accuracy_lib.accuracy(apply_fn, params, jnp.asarray(x[~is_k]),
+                                jnp.asarray(y[~is_k]), batch=batch)
+  return {"source_as_target": accuracy_lib.summary(rate),
+          "other_classes_acc": accuracy_lib.summary(other)}
 
 
 def run(cfg: PoisonConfig, workdir: str, *, data_dir=None,

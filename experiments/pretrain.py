@@ -15,7 +15,7 @@ Writes WORKDIR/pool.npz (use with --init_mode=random_pretrained
 --pretrained_pool=WORKDIR/pool.npz) and WORKDIR/report.json.
 """
 
-from distill_jax import pretrain
+from distill_jax.run import train_pool as pretrain
 from experiments import common
 from experiments import presets
 

@@ -32,8 +32,8 @@ The CIFAR-100 presets need a `cifar100` dataset in `distill_jax.data`, which
 does not exist yet: they stop with "Unknown dataset 'cifar100'".
 """
 
-from distill_jax import rat_bptt
-from distill_jax import rat_train
+from distill_jax.methods import rat_bptt
+from distill_jax.run import train_rat as rat_train
 from experiments import common
 from experiments import presets
 

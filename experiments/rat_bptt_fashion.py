@@ -39,8 +39,8 @@ Outputs in --workdir: config.json, metrics.jsonl, checkpoints/, distilled.npz,
 images/, report.json (test mean +- std at the validation-selected budget).
 """
 
-from distill_jax import rat_bptt
-from distill_jax import rat_train
+from distill_jax.methods import rat_bptt
+from distill_jax.run import train_rat as rat_train
 from experiments import common
 from experiments import presets
 

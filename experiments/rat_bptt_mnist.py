@@ -24,8 +24,8 @@ Presets (see experiments/rat_bptt_fashion.py for the shared settings):
   * smoke: seconds, for tests.
 """
 
-from distill_jax import rat_bptt
-from distill_jax import rat_train
+from distill_jax.methods import rat_bptt
+from distill_jax.run import train_rat as rat_train
 from experiments import common
 from experiments import presets
 

@@ -49,13 +49,13 @@ from absl import flags
 import jax
 import numpy as np
 
-from distill_jax import baselines
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import rat_eval
-from distill_jax import rat_train
-from distill_jax import storage
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import baselines
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
+from distill_jax.run import storage
+from distill_jax.run import train_rat as rat_train
 from experiments import common
 from experiments import presets
 
@@ -171,10 +171,10 @@ def evaluate_baseline(method: str, cfg, prep, draws: int) -> dict:
     tests.append(res["test"])
     vals.append(res["val"])
     chosen.append(res["budget"])
-  return {"method": method, "test_acc": evaluate.summary(np.concatenate(tests)),
+  return {"method": method, "test_acc": accuracy_lib.summary(np.concatenate(tests)),
           "selected_budget": chosen, "draws": len(tests),
           "val_acc_by_budget": {
-              str(b): evaluate.summary(np.concatenate([v[i] for v in vals]))
+              str(b): accuracy_lib.summary(np.concatenate([v[i] for v in vals]))
               for i, b in enumerate(cfg.eval_budgets)}}
 
 

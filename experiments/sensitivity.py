@@ -31,9 +31,9 @@ import os
 
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import storage
-from distill_jax import train
-from distill_jax import viz
+from distill_jax.run import storage
+from distill_jax.run import train_dd as train
+from distill_jax.run import viz
 from experiments import common
 from experiments import configs
 from experiments import presets

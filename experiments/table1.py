@@ -46,14 +46,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import baselines
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import evaluate
-from distill_jax import inits
-from distill_jax import models
-from distill_jax import storage
-from distill_jax import train
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import grid as grid_lib
+from distill_jax.eval import replay as evaluate
+from distill_jax.methods import baselines
+from distill_jax.nn import inits
+from distill_jax.nn import models
+from distill_jax.run import storage
 from experiments import common
 from experiments import configs
 from experiments import presets
@@ -174,7 +175,7 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
     raise ValueError(f"{cfg.fixed_dir}/distilled.npz holds no fixed "
                      "network; pass the workdir of a fixed-init run.")
   log = print if show_progress else (lambda s: None)
-  ds = train.load_data(rand_cfg, data_dir)
+  ds = data.load_for(rand_cfg, data_dir)
   if cfg.val_limit and cfg.val_limit < len(ds.y_val):
     x_val, y_val = data.stratified_subset(ds.x_val, ds.y_val, cfg.val_limit,
                                           cfg.seed)
@@ -188,11 +189,11 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
   rows = {}
   fixed_net = jax.tree.map(lambda p: jnp.asarray(p)[None], fixed.init_params)
   rows["dd_fixed"] = {
-      "test_acc": evaluate.summary(_replay_dd(fixed, model, fixed_net, ds,
+      "test_acc": accuracy_lib.summary(_replay_dd(fixed, model, fixed_net, ds,
                                               cfg.eval_batch)),
       "report_test_acc": fixed_report.get("test_acc")}
   rows["dd_random"] = {
-      "test_acc": evaluate.summary(_replay_dd(rand, model, test_params0, ds,
+      "test_acc": accuracy_lib.summary(_replay_dd(rand, model, test_params0, ds,
                                               cfg.eval_batch)),
       "report_test_acc": rand_report.get("test_acc")}
   for extra_dir in filter(None, (d.strip() for d in
@@ -205,7 +206,7 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
           f"{rand_cfg.dataset} {rand_shape} like --random_dir.")
     key = extra_row_key(extra_cfg, extra_dir)
     rows[key] = {
-        "test_acc": evaluate.summary(_replay_dd(extra, model, test_params0,
+        "test_acc": accuracy_lib.summary(_replay_dd(extra, model, test_params0,
                                                 ds, cfg.eval_batch)),
         "report_test_acc": extra_report.get("test_acc"),
         "workdir": extra_dir}
@@ -235,7 +236,7 @@ def run(cfg: Table1Config, workdir: str, *, data_dir=None,
         k_sets, model.apply, ds, steps=rand_shape[0], per_class=per_class,
         learned_lrs=rand.lrs, val_params0=val_params0,
         test_params0=test_params0,
-        lr_options=baselines.parse_lr_grid(cfg.lr_grid),
+        lr_options=grid_lib.parse_lr_grid(cfg.lr_grid),
         epoch_options=cfg.epoch_grid, random_sets=cfg.random_sets,
         optimized_sets=cfg.optimized_sets, top_frac=cfg.top_frac,
         kmeans_seeds=cfg.kmeans_seeds, knn_ks=cfg.knn_ks,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import augment
+from distill_jax.data import augment
 from tests import test_utils  # pylint: disable=unused-import
 
 

@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import baselines
-from distill_jax import models
+from distill_jax.eval import grid as grid_lib
+from distill_jax.eval import knn
+from distill_jax.methods import baselines
+from distill_jax.nn import models
 from tests import test_utils
 
 C = test_utils.NUM_CLASSES
@@ -77,31 +79,31 @@ class LrTest(absltest.TestCase):
   def test_schedules(self):
     learned = np.arange(1, 7, dtype=np.float32) / 100  # S=2, E_dd=3
     np.testing.assert_allclose(
-        baselines.lr_schedule("learned", steps=2, epochs=5,
-                              learned_lrs=learned),
+        grid_lib.lr_schedule("learned", steps=2, epochs=5,
+                             learned_lrs=learned),
         [.01, .02, .03, .04, .05, .06, .01, .02, .03, .04])
     np.testing.assert_allclose(
-        baselines.lr_schedule("learned", steps=2, epochs=1,
-                              learned_lrs=learned), [.01, .02])
+        grid_lib.lr_schedule("learned", steps=2, epochs=1,
+                             learned_lrs=learned), [.01, .02])
     np.testing.assert_allclose(
-        baselines.lr_schedule(0.1, steps=2, epochs=3), [0.1] * 6)
+        grid_lib.lr_schedule(0.1, steps=2, epochs=3), [0.1] * 6)
     with self.assertRaisesRegex(ValueError, "same number of steps"):
-      baselines.lr_schedule("learned", steps=4, epochs=1,
-                            learned_lrs=learned)
+      grid_lib.lr_schedule("learned", steps=4, epochs=1,
+                           learned_lrs=learned)
     with self.assertRaisesRegex(ValueError, "needs the learned"):
-      baselines.lr_schedule("learned", steps=2, epochs=1)
-    learned_tree = baselines.as_learned(np.zeros((2, 3, 4, 4, 1)),
-                                        np.asarray([0.01, 0.3]))
+      grid_lib.lr_schedule("learned", steps=2, epochs=1)
+    learned_tree = grid_lib.as_learned(np.zeros((2, 3, 4, 4, 1)),
+                                       np.asarray([0.01, 0.3]))
     np.testing.assert_allclose(jax.nn.softplus(learned_tree["raw_lr"]),
                                [0.01, 0.3], rtol=1e-5)
 
   def test_parse_lr_grid(self):
-    self.assertEqual(baselines.parse_lr_grid("learned, 0.01,0.3"),
+    self.assertEqual(grid_lib.parse_lr_grid("learned, 0.01,0.3"),
                      ("learned", 0.01, 0.3))
     with self.assertRaisesRegex(ValueError, "neither"):
-      baselines.parse_lr_grid("learned,fast")
+      grid_lib.parse_lr_grid("learned,fast")
     with self.assertRaisesRegex(ValueError, "empty"):
-      baselines.parse_lr_grid(" , ")
+      grid_lib.parse_lr_grid(" , ")
 
 
 class GridTest(absltest.TestCase):
@@ -114,7 +116,7 @@ class GridTest(absltest.TestCase):
     p_test = jax.vmap(model.init)(jax.random.split(jax.random.key(1), 2))
     x, labels = baselines.random_real(jax.random.key(2), ds.x_train,
                                       ds.y_train, num_classes=C, steps=2)
-    res = baselines.grid_evaluate(
+    res = grid_lib.grid_evaluate(
         model.apply, x, labels,
         lr_options=("learned", 1e-4, 0.3), epoch_options=(1, 2),
         learned_lrs=np.full(4, 0.2, np.float32), val_params0=p_val,
@@ -128,7 +130,7 @@ class GridTest(absltest.TestCase):
     self.assertEqual(res["test_acc"].shape, (2,))
     self.assertGreater(res["test_acc"].mean(), 0.6)
     with self.assertRaisesRegex(ValueError, "val_size"):
-      baselines.grid_evaluate(
+      grid_lib.grid_evaluate(
           model.apply, x, labels, lr_options=(0.1,), epoch_options=(1,),
           learned_lrs=None, val_params0=p_val, test_params0=p_test,
           x_val=ds.x_val[:0], y_val=ds.y_val[:0], x_test=ds.x_test,
@@ -146,11 +148,11 @@ class KnnTest(absltest.TestCase):
       dist = np.linalg.norm(x.reshape(13, 1, -1) - mem.reshape(1, 7, -1),
                             ord=order, axis=-1)
       nn = np.argsort(dist, axis=1)
-      pred1 = baselines.knn_predict(jnp.asarray(mem), jnp.asarray(mem_y),
-                                    jnp.asarray(x), k=1, metric=metric,
-                                    num_classes=3, batch=4)
+      pred1 = knn.knn_predict(jnp.asarray(mem), jnp.asarray(mem_y),
+                              jnp.asarray(x), k=1, metric=metric,
+                              num_classes=3, batch=4)
       np.testing.assert_array_equal(pred1, mem_y[nn[:, 0]])
-      pred3 = np.asarray(baselines.knn_predict(
+      pred3 = np.asarray(knn.knn_predict(
           jnp.asarray(mem), jnp.asarray(mem_y), jnp.asarray(x), k=3,
           metric=metric, num_classes=3, batch=5))
       for i in range(13):
@@ -164,20 +166,20 @@ class KnnTest(absltest.TestCase):
     ds = test_utils.tiny_dataset()
     x, labels = baselines.random_real(jax.random.key(0), ds.x_train,
                                       ds.y_train, num_classes=C, steps=3)
-    res = baselines.knn_grid([x, x], labels, x_val=ds.x_val, y_val=ds.y_val,
-                             x_test=ds.x_test, y_test=ds.y_test,
-                             num_classes=C)
+    res = knn.knn_grid([x, x], labels, x_val=ds.x_val, y_val=ds.y_val,
+                       x_test=ds.x_test, y_test=ds.y_test,
+                       num_classes=C)
     self.assertLen(res["grid"], 4)
     self.assertEqual(res["test_acc"].shape, (2,))
     self.assertGreater(res["test_acc"].mean(), 0.8)
     with self.assertRaisesRegex(ValueError, "metric"):
-      baselines.knn_predict(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32),
-                            jnp.zeros((1, 3)), k=1, metric="cos",
-                            num_classes=2)
+      knn.knn_predict(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32),
+                      jnp.zeros((1, 3)), k=1, metric="cos",
+                      num_classes=2)
     with self.assertRaisesRegex(ValueError, "k=5"):
-      baselines.knn_predict(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32),
-                            jnp.zeros((1, 3)), k=5, metric="l2",
-                            num_classes=2)
+      knn.knn_predict(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32),
+                      jnp.zeros((1, 3)), k=5, metric="l2",
+                      num_classes=2)
 
 
 class EvaluateAllTest(absltest.TestCase):

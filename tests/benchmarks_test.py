@@ -94,8 +94,8 @@ class BenchmarkDriverTest(absltest.TestCase):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     import rat_bptt_step  # pylint: disable=g-import-not-at-top
-    from distill_jax import models  # pylint: disable=g-import-not-at-top
-    from distill_jax import rat_bptt  # pylint: disable=g-import-not-at-top
+    from distill_jax.nn import models  # pylint: disable=g-import-not-at-top
+    from distill_jax.methods import rat_bptt  # pylint: disable=g-import-not-at-top
     base = {**rat_bptt_step.FASHION, "width": 8, "real_batch": 16,
             "truncation": "full"}
     # The whole benchmark path once (one step compiled and timed).

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import boost
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import storage
 from distill_jax.core import meta
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
+from distill_jax.run import storage
+from distill_jax.run import train_boost as boost
 from tests import test_utils
 
 SHAPE, C = (4, 4, 1), 3

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill_jax import checkpoint
-from distill_jax import rat_bptt
+from distill_jax.methods import rat_bptt
+from distill_jax.run import checkpoint
 
 
 def _state(scale=1.0):

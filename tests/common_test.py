@@ -10,7 +10,7 @@ from absl.testing import absltest
 import jax
 
 from distill_jax import config as config_lib
-from distill_jax import rat_bptt
+from distill_jax.methods import rat_bptt
 from experiments import common
 from experiments import flag_help
 from experiments import presets

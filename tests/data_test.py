@@ -1,4 +1,4 @@
-"""Tests of distill_jax.data and distill_jax.local_datasets (offline, fast)."""
+"""Tests of distill_jax.data and distill_jax.data.local (offline, fast)."""
 
 import gzip
 import json
@@ -8,8 +8,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from distill_jax import data
-from distill_jax import local_datasets
+from distill_jax import data as data_api
+from distill_jax.data import datasets as data
+from distill_jax.data import local as local_datasets
+from distill_jax.data import transforms
 from tests import test_utils
 
 NUM_TRAIN = 30
@@ -168,7 +170,7 @@ def test_load_local_mnist(tmp_path):
   expected = (arrays['train'][0][..., None] / 255.0 - 0.1307) / 0.3081
   np.testing.assert_allclose(ds.x_train, expected, atol=1e-5)
   np.testing.assert_allclose(
-      data.denormalize(ds.x_train, ds.mean, ds.std),
+      data_api.denormalize(ds.x_train, ds.mean, ds.std),
       arrays['train'][0][..., None] / 255.0, atol=1e-5)
 
 
@@ -194,7 +196,7 @@ def test_load_validation_split_is_stratified_and_disjoint(tmp_path):
   # Rows of train and val are disjoint images of the original train split.
   rows = {x.tobytes() for x in arrays['train'][0]}
   raw = lambda x: np.round(  # pylint: disable=g-long-lambda
-      data.denormalize(x, ds.mean, ds.std)[..., 0] * 255).astype(np.uint8)
+      data_api.denormalize(x, ds.mean, ds.std)[..., 0] * 255).astype(np.uint8)
   train_rows = {r.tobytes() for r in raw(ds.x_train)}
   val_rows = {r.tobytes() for r in raw(ds.x_val)}
   assert not train_rows & val_rows
@@ -289,17 +291,17 @@ def test_online_path_with_mock_data(tmp_path):
 def test_class_balanced_indices():
   y = np.repeat(np.arange(4), [5, 6, 7, 8])
   rng = np.random.default_rng(0)
-  idx = data.class_balanced_indices(rng, y, 3, 4)
+  idx = data_api.class_balanced_indices(rng, y, 3, 4)
   assert idx.shape == (12,) and len(set(idx.tolist())) == 12
   np.testing.assert_array_equal(y[idx], np.repeat(np.arange(4), 3))
   with pytest.raises(ValueError, match='class 0 has only 5'):
-    data.class_balanced_indices(rng, y, 6, 4)
+    data_api.class_balanced_indices(rng, y, 6, 4)
 
 
 def test_split_validation_stratified():
   y = np.repeat(np.arange(3), [10, 20, 30])
   x = np.arange(60)
-  x_tr, y_tr, x_va, y_va = data.split_validation(x, y, 6, seed=0)
+  x_tr, y_tr, x_va, y_va = data_api.split_validation(x, y, 6, seed=0)
   np.testing.assert_array_equal(np.bincount(y_va), [1, 2, 3])
   assert len(x_tr) == 54 and not set(x_tr) & set(x_va)
   np.testing.assert_array_equal(y[x_tr], y_tr)
@@ -310,20 +312,20 @@ def test_stratified_subset_of_class_sorted_data():
   # class in proportion, not be the first n examples.
   y = np.repeat(np.arange(10), 50)
   x = np.arange(500)
-  xs, ys = data.stratified_subset(x, y, 100, seed=3)
+  xs, ys = data_api.stratified_subset(x, y, 100, seed=3)
   np.testing.assert_array_equal(np.bincount(ys, minlength=10), [10] * 10)
   np.testing.assert_array_equal(y[xs], ys)
-  xs2, _ = data.stratified_subset(x, y, 100, seed=3)
+  xs2, _ = data_api.stratified_subset(x, y, 100, seed=3)
   np.testing.assert_array_equal(xs, xs2)
 
 
 def test_normalize_and_resize():
   x = np.full((2, 4, 4, 3), 255, np.uint8)
-  out = data.normalize(x, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
+  out = data_api.normalize(x, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
   np.testing.assert_allclose(out[0, 0, 0], [1.0, 2.0, 1.0])
   np.testing.assert_allclose(
-      data.denormalize(out, (0.5,) * 3, (0.5, 0.25, 0.5)), 1.0)
-  resized = data.resize(np.ones((2, 4, 4, 3), np.float32), 8)
+      data_api.denormalize(out, (0.5,) * 3, (0.5, 0.25, 0.5)), 1.0)
+  resized = data_api.resize(np.ones((2, 4, 4, 3), np.float32), 8)
   assert resized.shape == (2, 8, 8, 3)
   np.testing.assert_allclose(resized, 1.0, atol=1e-6)
 
@@ -335,7 +337,7 @@ def test_loaded_splits_are_aligned_and_exact(tmp_path):
   ds = data.load('mnist', manual_dir=str(tmp_path / 'manual'),
                  data_dir=str(tmp_path / 'tfds'), val_size=10)
   for x in (ds.x_train, ds.x_val, ds.x_test):
-    assert x.ctypes.data % data.ALIGN == 0 and x.flags.c_contiguous
+    assert x.ctypes.data % transforms.ALIGN == 0 and x.flags.c_contiguous
     assert x.flags.writeable and x.dtype == np.float32
   raw = arrays['test'][0][..., None]
   reference = ((raw.astype(np.float32) / 255.0 - np.float32(0.1307)) /
@@ -343,24 +345,24 @@ def test_loaded_splits_are_aligned_and_exact(tmp_path):
   np.testing.assert_array_equal(ds.x_test, reference)
   # normalize() leaves a float input untouched.
   x = np.full((2, 3, 3, 1), 0.5, np.float32)
-  out = data.normalize(x, (0.25,), (0.5,))
+  out = data_api.normalize(x, (0.25,), (0.5,))
   np.testing.assert_array_equal(x, 0.5)
   np.testing.assert_allclose(out, 0.5)
 
 
 def test_aligned_helpers():
   for shape in ((3,), (5, 7, 3), (0, 4)):
-    a = data.aligned_empty(shape, np.float32)
+    a = data_api.aligned_empty(shape, np.float32)
     assert a.shape == shape and a.dtype == np.float32
-    assert a.size == 0 or a.ctypes.data % data.ALIGN == 0
+    assert a.size == 0 or a.ctypes.data % transforms.ALIGN == 0
   x = np.arange(12, dtype=np.float32)[1:]  # offset by 4 bytes.
-  y = data.as_aligned(x)
-  assert y.ctypes.data % data.ALIGN == 0
+  y = data_api.as_aligned(x)
+  assert y.ctypes.data % transforms.ALIGN == 0
   np.testing.assert_array_equal(x, y)
-  assert data.as_aligned(y) is y
-  ro = data.aligned_empty((4,), np.float32)
+  assert data_api.as_aligned(y) is y
+  ro = data_api.aligned_empty((4,), np.float32)
   ro.flags.writeable = False
-  assert data.as_aligned(ro) is not ro
+  assert data_api.as_aligned(ro) is not ro
 
 
 def test_uint8_pixels_decode_bit_identical(tmp_path):
@@ -374,23 +376,23 @@ def test_uint8_pixels_decode_bit_identical(tmp_path):
   f = data.load('mnist', **kw)
   u = data.load('mnist', pixels='uint8', **kw)
   assert (u.pixels, f.pixels) == ('uint8', 'float32')
-  decode = jax.jit(lambda x, i: data.decode(x[i], u.mean, u.std))
+  decode = jax.jit(lambda x, i: data_api.decode(x[i], u.mean, u.std))
   for xu, xf in ((u.x_train, f.x_train), (u.x_val, f.x_val),
                  (u.x_test, f.x_test)):
-    assert xu.dtype == np.uint8 and xu.ctypes.data % data.ALIGN == 0
-    np.testing.assert_array_equal(data.decode(xu, u.mean, u.std), xf)
+    assert xu.dtype == np.uint8 and xu.ctypes.data % transforms.ALIGN == 0
+    np.testing.assert_array_equal(data_api.decode(xu, u.mean, u.std), xf)
     idx = jnp.arange(len(xu))[::-1]
     np.testing.assert_array_equal(
         np.asarray(decode(jax.device_put(xu), idx)), xf[::-1])
   np.testing.assert_array_equal(u.y_train, f.y_train)
-  assert data.decode(f.x_test, f.mean, f.std) is f.x_test  # floats pass.
+  assert data_api.decode(f.x_test, f.mean, f.std) is f.x_test  # floats pass.
   rgb = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), np.uint8)
   m, s = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-  np.testing.assert_array_equal(data.decode(rgb, m, s),
-                                data.normalize(rgb, m, s))
+  np.testing.assert_array_equal(data_api.decode(rgb, m, s),
+                                data_api.normalize(rgb, m, s))
   np.testing.assert_array_equal(
-      np.asarray(jax.jit(lambda x: data.decode(x, m, s))(rgb)),
-      data.normalize(rgb, m, s))
+      np.asarray(jax.jit(lambda x: data_api.decode(x, m, s))(rgb)),
+      data_api.normalize(rgb, m, s))
 
 
 def test_uint8_pixels_errors(tmp_path):

@@ -51,7 +51,7 @@ def assert_one_line_error(proc, message):
 
 def load_set(path):
   """The distilled set of a run; its images and lrs are finite."""
-  from distill_jax import storage  # pylint: disable=g-import-not-at-top
+  from distill_jax.run import storage  # pylint: disable=g-import-not-at-top
   d = storage.load_distilled_set(str(path))
   chex.assert_tree_all_finite((d.images, d.labels))
   if d.raw_lr is not None:
@@ -164,20 +164,15 @@ def test_bad_flags(args, message, fake_data, tmp_path):
   assert "Traceback" not in proc.stderr
 
 
-def test_bad_malloc_arenas_env(fake_data, tmp_path):
-  proc = _run("dd_mnist_random", ["--preset=smoke"], fake_data, tmp_path,
-              check=False, extra_env={"DISTILL_JAX_MALLOC_ARENAS": "lots"})
+@pytest.mark.parametrize("flag, message", [
+    ("--malloc_arenas=lots", "error: --malloc_arenas=lots"),
+    ("--keep_malloc_mapped=maybe", "error: --keep_malloc_mapped=maybe"),
+])
+def test_bad_platform_flags(flag, message, fake_data, tmp_path):
+  proc = _run("dd_mnist_random", ["--preset=smoke", flag], fake_data,
+              tmp_path, check=False)
   assert proc.returncode == 2
-  assert "DISTILL_JAX_MALLOC_ARENAS='lots'" in proc.stderr
-  assert "Traceback" not in proc.stderr
-
-
-def test_bad_keep_mapped_env(fake_data, tmp_path):
-  proc = _run("dd_mnist_random", ["--preset=smoke"], fake_data, tmp_path,
-              check=False,
-              extra_env={"DISTILL_JAX_KEEP_MALLOC_MAPPED": "maybe"})
-  assert proc.returncode == 2
-  assert "DISTILL_JAX_KEEP_MALLOC_MAPPED='maybe'" in proc.stderr
+  assert message in proc.stderr
   assert "Traceback" not in proc.stderr
 
 

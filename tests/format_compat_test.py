@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import distilled_set
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import storage
+from distill_jax.eval import replay as evaluate
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
+from distill_jax.run import storage
 from tests import test_utils
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

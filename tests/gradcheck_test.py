@@ -25,15 +25,15 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from distill_jax import augment
-from distill_jax import boost
-from distill_jax import distilled
-from distill_jax import models
-from distill_jax import rat_bptt
 from distill_jax.core import inner
 from distill_jax.core import meta
 from distill_jax.core import unroll
+from distill_jax.data import augment
 from distill_jax.methods import dd
+from distill_jax.methods import dd_data as distilled
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
+from distill_jax.run import train_boost as boost
 from tests import gradcheck
 from tests import test_utils
 

@@ -13,12 +13,12 @@ from absl.testing import absltest
 import chex
 import numpy as np
 
-from distill_jax import checkpoint
-from distill_jax import rat_bptt
-from distill_jax import rat_train
-from distill_jax import train
+from distill_jax.methods import rat_bptt
+from distill_jax.run import checkpoint
 from distill_jax.run import guard
 from distill_jax.run import loop as loop_lib
+from distill_jax.run import train_dd as train
+from distill_jax.run import train_rat as rat_train
 from tests import test_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill_jax import inner_opt
+from distill_jax.core import inner_opt
 from tests import test_utils  # pylint: disable=unused-import
 
 

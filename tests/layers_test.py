@@ -1,4 +1,4 @@
-"""Tests for distill_jax.layers: every impl must match impl="xla"."""
+"""Tests for distill_jax.nn.layers: every impl must match impl="xla"."""
 
 import itertools
 import unittest
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import layers
+from distill_jax.nn import layers
 from tests import test_utils  # pylint: disable=unused-import (debug guards)
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -40,11 +40,17 @@ class Conv2dTest(unittest.TestCase):
         w = _rand(1, (k, k, ci, 4), 0.3)
         self._check(x, w, _rand(2, (4,)), padding, impl)
 
-  def test_auto_picks_by_input_width(self):
-    if jax.default_backend() != "cpu":
-      self.skipTest("the width rule is the CPU one")
-    self.assertEqual(layers.auto_conv_impl(1), "im2col_t")
-    self.assertEqual(layers.auto_conv_impl(layers.WIDE_INPUT), "xla_vjp")
+  def test_auto_picks_by_backend_and_input_width(self):
+    self.assertEqual(layers.auto_conv_impl(1, "cpu"), "im2col_t")
+    self.assertEqual(layers.auto_conv_impl(layers.WIDE_INPUT, "cpu"),
+                     "xla_vjp")
+    self.assertEqual(layers.auto_conv_impl(layers.WIDE_INPUT, "cpu",
+                                           wide="im2col"), "im2col")
+    for backend in ("gpu", "tpu"):
+      self.assertEqual(layers.auto_conv_impl(1, backend), "xla")
+      self.assertEqual(layers.auto_conv_impl(64, backend, "im2col"), "xla")
+
+  def test_auto_matches_xla_on_the_wide_path(self):
     x = _rand(0, (2, 5, 5, layers.WIDE_INPUT))
     w = _rand(1, (3, 3, layers.WIDE_INPUT, 4), 0.1)
     self._check(x, w, None, 1, "auto")  # the wide path, against XLA

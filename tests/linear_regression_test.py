@@ -5,7 +5,7 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
-from distill_jax import linear_regression
+from distill_jax.methods import linear_regression
 from tests import test_utils  # pylint: disable=unused-import
 
 DIM = 4

@@ -12,11 +12,11 @@ import threading
 
 from absl.testing import absltest
 
-from distill_jax import boost
-from distill_jax import rat_bptt
-from distill_jax import rat_train
-from distill_jax import train
+from distill_jax.methods import rat_bptt
 from distill_jax.run import lock
+from distill_jax.run import train_boost as boost
+from distill_jax.run import train_dd as train
+from distill_jax.run import train_rat as rat_train
 from tests import test_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill_jax import distilled
 from distill_jax.core import inner
 from distill_jax.core import meta
 from distill_jax.core import schedule
 from distill_jax.core import unroll
 from distill_jax.methods import dd
+from distill_jax.methods import dd_data as distilled
 from tests import test_utils
 
 
@@ -173,12 +173,20 @@ class MetaGradTest(chex.TestCase):
     chex.assert_tree_all_finite(grads)
 
   def test_resolve_group(self):
-    self.assertEqual(meta.resolve_group(16, 4, False), 4)
-    self.assertEqual(meta.resolve_group(16, 0, False), 16)
-    self.assertEqual(meta.resolve_group(16, 5, False), 16)
-    self.assertEqual(meta.resolve_group(16, -1, True), 16)
-    self.assertEqual(meta.resolve_group(8, -1, False, backend="cpu"), 4)
-    self.assertEqual(meta.resolve_group(8, -1, False, backend="gpu"), 8)
+    for (num_inits, init_group, sharded), want in {
+        (16, 4, False): 4,  # the default: groups of 4,
+        (8, 4, False): 4,
+        (16, 2, False): 2,
+        (3, 4, False): 3,  # all when the group is not smaller,
+        (4, 4, False): 4,
+        (1, 4, False): 1,
+        (16, 5, False): 16,  # or does not divide num_inits,
+        (16, 4, True): 16,  # or the inits are sharded;
+        (16, 0, False): 16,  # 0 = all at once.
+        (3, 0, False): 3,
+    }.items():
+      self.assertEqual(meta.resolve_group(num_inits, init_group, sharded),
+                       want, (num_inits, init_group, sharded))
 
   def test_poison_targets(self):
     y = jnp.array([0, 1, 2, 0])

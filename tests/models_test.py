@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import config as config_lib
-from distill_jax import models
+from distill_jax.nn import models
 
 
 class ModelsTest(parameterized.TestCase):

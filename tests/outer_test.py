@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import inits
 from distill_jax.core import meta
 from distill_jax.core import outer as core_outer
 from distill_jax.methods import dd as outer
+from distill_jax.nn import inits
 from tests import test_utils
 
 

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from distill_jax import distilled
 from distill_jax import distilled_set
-from distill_jax import models
-from distill_jax import storage
+from distill_jax.methods import dd_data as distilled
+from distill_jax.nn import models
+from distill_jax.run import storage
 from experiments import presets
 from tests import experiments_test
 from tests import test_utils

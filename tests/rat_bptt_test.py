@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import data
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import rat_eval
 from distill_jax.core import inner
 from distill_jax.core import meta
 from distill_jax.core import outer
 from distill_jax.core import unroll
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
 from tests import test_utils  # pylint: disable=unused-import
 
 SHAPE, C = (4, 4, 1), 3
@@ -186,12 +186,12 @@ class PixelsTest(absltest.TestCase):
     norm = ((0.3,), (0.2,))
     xu = np.random.default_rng(1).integers(0, 256, (37, *SHAPE), np.uint8)
     y = np.random.default_rng(2).integers(0, C, 37).astype(np.int32)
-    ref = evaluate.accuracy(model.apply, params, data.normalize(xu, *norm), y,
-                            batch=8)
-    got = evaluate.accuracy(model.apply, params, xu, y, batch=8, norm=norm)
+    ref = accuracy_lib.accuracy(model.apply, params, data.normalize(xu, *norm), y,
+                                batch=8)
+    got = accuracy_lib.accuracy(model.apply, params, xu, y, batch=8, norm=norm)
     np.testing.assert_array_equal(ref, got)
     with self.assertRaisesRegex(ValueError, "norm="):
-      evaluate.accuracy(model.apply, params, xu, y, batch=8)
+      accuracy_lib.accuracy(model.apply, params, xu, y, batch=8)
 
 
 class EvalTrainTest(absltest.TestCase):

@@ -8,10 +8,10 @@ import os
 from absl.testing import absltest
 import numpy as np
 
-from distill_jax import rat_bptt
-from distill_jax import rat_train
-from distill_jax import storage
+from distill_jax.methods import rat_bptt
 from distill_jax.run import loop as loop_lib
+from distill_jax.run import storage
+from distill_jax.run import train_rat as rat_train
 from tests import test_utils
 
 

@@ -17,7 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
-    from distill_jax import models, rat_bptt, sharding
+    from distill_jax.methods import rat_bptt
+    from distill_jax.nn import models
+    from distill_jax.platform import mesh as sharding
     from distill_jax.methods import dd
     from tests import test_utils
     devices = int(sys.argv[1])

@@ -10,8 +10,8 @@ import chex
 import numpy as np
 
 from distill_jax import distilled_set
-from distill_jax import storage
-from distill_jax import zca as zca_lib
+from distill_jax.data import zca as zca_lib
+from distill_jax.run import storage
 from tests import test_utils
 
 DistilledSet = distilled_set.DistilledSet

@@ -6,8 +6,8 @@ import numpy as np
 
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import distilled
-from distill_jax import models
+from distill_jax.methods import dd_data as distilled
+from distill_jax.nn import models
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -75,7 +75,7 @@ def write_fake_datasets(root: str, n_train: int = 300, n_test: int = 60,
   ../shared/datasets, so experiments can run end to end without real data.
   """
   import os  # pylint: disable=g-import-not-at-top
-  from distill_jax import local_datasets  # pylint: disable=g-import-not-at-top
+  from distill_jax.data import local as local_datasets  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
 
   def images(n, shape):
@@ -125,7 +125,7 @@ class BadDistilledFileAsserts:
   """Mixin for tests of `storage.load_distilled_set` on `self.path`."""
 
   def _fails(self, pattern):
-    from distill_jax import storage  # pylint: disable=g-import-not-at-top
+    from distill_jax.run import storage  # pylint: disable=g-import-not-at-top
     with self.assertRaisesRegex(storage.DistilledFileError,
                                 f"^{self.path}: .*{pattern}"):
       storage.load_distilled_set(self.path)

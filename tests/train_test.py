@@ -8,12 +8,12 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from distill_jax import distilled
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import storage
-from distill_jax import train
+from distill_jax.eval import replay as evaluate
+from distill_jax.methods import dd_data as distilled
+from distill_jax.nn import models
 from distill_jax.run import loop as loop_lib
+from distill_jax.run import storage
+from distill_jax.run import train_dd as train
 from tests import test_utils
 
 

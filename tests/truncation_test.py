@@ -5,7 +5,7 @@ import chex
 import jax
 import numpy as np
 
-from distill_jax import truncation
+from distill_jax.core import truncation
 from tests import test_utils  # pylint: disable=unused-import
 
 

@@ -1,10 +1,8 @@
 """XLA compile options: same results, options applied on CPU, no recompiles."""
 
-import os
 import platform
 import subprocess
 import sys
-from unittest import mock
 
 from absl.testing import absltest
 import chex
@@ -12,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import layers
-from distill_jax import xla_options
+from distill_jax.nn import layers
+from distill_jax.platform import xla_options
 
 
 def _conv_loss(w, x):
@@ -24,24 +22,26 @@ def _conv_loss(w, x):
 class XlaOptionsTest(absltest.TestCase):
 
   def test_options_by_backend(self):
-    self.assertEqual(xla_options.options("cpu"), xla_options.CPU)
+    self.assertEqual(xla_options.options("cpu"),
+                     dict(xla_options.CPU_OPTIONS))
     self.assertEqual(xla_options.options("gpu"), {})
     self.assertEqual(xla_options.options("tpu"), {})
 
+  def test_cpu_options_are_read_only(self):
+    with self.assertRaises(TypeError):
+      xla_options.CPU_OPTIONS["xla_cpu_use_fusion_emitters"] = True
+
   def test_unknown_options_are_left_out(self):
-    saved = dict(xla_options.CPU)
-    try:
-      xla_options.CPU["xla_cpu_not_a_flag_of_this_jaxlib"] = True
-      self.assertNotIn("xla_cpu_not_a_flag_of_this_jaxlib",
-                       xla_options.options("cpu"))
-    finally:
-      xla_options.CPU.clear()
-      xla_options.CPU.update(saved)
+    # pylint: disable=protected-access
+    self.assertFalse(xla_options._accepted(
+        "xla_cpu_not_a_flag_of_this_jaxlib", True))
+    self.assertTrue(xla_options._accepted("xla_cpu_use_fusion_emitters",
+                                          False))
 
   def test_no_ynnpack_convolutions(self):
     """The measured configuration is in effect on this jaxlib: convolutions
     stay XLA's, not YNNPACK fusions (4x slower kernel gradients)."""
-    if jax.default_backend() != "cpu" or not xla_options.CPU:
+    if jax.default_backend() != "cpu":
       self.skipTest("CPU options")
     self.assertIn("xla_cpu_experimental_ynn_fusion_type",
                   xla_options.options("cpu"))
@@ -117,7 +117,7 @@ class XlaOptionsTest(absltest.TestCase):
 
   def test_limit_malloc_arenas(self):
     # In a child process: the cap is process-wide.
-    code = ("from distill_jax import xla_options as x; "
+    code = ("from distill_jax.platform import xla_options as x; "
             "print(x.limit_malloc_arenas(0), x.limit_malloc_arenas(1))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True).stdout.split()
@@ -126,26 +126,13 @@ class XlaOptionsTest(absltest.TestCase):
                      else out[1])
 
   def test_keep_malloc_mapped(self):
-    code = ("import os; from distill_jax import xla_options as x; "
-            "print(x.keep_malloc_mapped_from_env(False), "
-            "x.keep_malloc_mapped_from_env(True))")
-    env = {k: v for k, v in os.environ.items()
-           if k != xla_options.ENV_KEEP_MAPPED}
+    # In a child process: the setting is process-wide.
+    code = ("from distill_jax.platform import xla_options as x; "
+            "print(x.keep_malloc_mapped())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                         text=True, check=True, env=env).stdout.split()
-    self.assertEqual(out[0], "False")
+                         text=True, check=True).stdout.split()
     if platform.libc_ver()[0] == "glibc":
-      self.assertEqual(out[1], "True")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                         text=True, check=True,
-                         env={**env, xla_options.ENV_KEEP_MAPPED: "0"})
-    self.assertEqual(out.stdout.split(), ["False", "False"])
-
-  def test_keep_malloc_mapped_bad_env_names_the_variable(self):
-    with mock.patch.dict(os.environ, {xla_options.ENV_KEEP_MAPPED: "yes"}):
-      with self.assertRaisesRegex(ValueError,
-                                  "DISTILL_JAX_KEEP_MALLOC_MAPPED='yes'"):
-        xla_options.keep_malloc_mapped_from_env(False)
+      self.assertEqual(out, ["True"])
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import distilled_set
-from distill_jax import storage
-from distill_jax import zca
+from distill_jax.data import zca
+from distill_jax.run import storage
 from tests import test_utils  # pylint: disable=unused-import
 
 

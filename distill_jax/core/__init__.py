@@ -7,5 +7,6 @@
   * `outer`    one outer step on the learned distilled data.
 
 Nothing here does I/O or reads configuration objects: methods
-(`distill_jax.rat_bptt`, `distill_jax.outer` for DD) configure these pieces.
+(`distill_jax.methods.dd`, `distill_jax.methods.rat_bptt`) configure these
+pieces.
 """

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill_jax import inner_opt
+from distill_jax.core import inner_opt
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
 

@@ -14,7 +14,7 @@ weights on a (possibly augmented) batch of real data:
 vector products included); `jax.vmap` runs the J initialisations in
 parallel, `init_group` at a time (`lax.map` over groups accumulates the
 gradient), and the caller may shard the J axis over devices
-(`distill_jax.sharding`).
+(`distill_jax.platform.mesh`).
 """
 
 import dataclasses
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distill_jax import augment
 from distill_jax.core import inner
 from distill_jax.core import unroll
+from distill_jax.data import augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,21 +103,20 @@ def train(problem: Problem, params0, learned, fixed, key, *, start=None):
   return state.params
 
 
-def resolve_group(num_inits: int, init_group: int, sharded: bool,
-                  backend: str | None = None) -> int:
+def resolve_group(num_inits: int, init_group: int, sharded: bool) -> int:
   """How many initialisations one `vmap` call handles (see `value_and_grad`).
 
-  `init_group = -1` picks for the backend: all of them (one vmap) on GPU/TPU
-  or when the init axis is sharded over devices; on CPU groups of 4, which
-  keeps the batched working set cache-sized (16 inits in one vmap measured
-  16.5x one init on 2 CPU cores; 4 groups of 4: 15.6-17.8x, BUILD.md). The
-  choice changes only speed and float summation order. `0` means all at
-  once. A group that does not divide `num_inits` falls back to all at once.
+  `init_group` initialisations per vmap call, the groups one after another;
+  `0` means all at once. A group that does not divide `num_inits`, or is
+  at least `num_inits`, falls back to all at once, and so does an init axis
+  sharded over devices (each device then runs its share in one vmap). The
+  group size changes only speed, memory and float summation order. Groups
+  of 4 (the configs' default) keep the batched working set cache-sized on
+  CPU (16 inits in one vmap measured 16.5x one init on 2 CPU cores; 4
+  groups of 4: 15.6-17.8x, BUILD.md); `0` suits GPU/TPU.
   """
-  if init_group < 0:
-    backend = backend or jax.default_backend()
-    init_group = 0 if (sharded or backend != "cpu") else 4
-  if init_group <= 0 or init_group >= num_inits or num_inits % init_group:
+  if (sharded or init_group <= 0 or init_group >= num_inits or
+      num_inits % init_group):
     return num_inits
   return init_group
 

@@ -90,7 +90,8 @@ def clip_by_ema(grad: jax.Array, ema: jax.Array, coef: float):
 
 
 def make_step(grad_fn: Callable, tx: optax.GradientTransformation, *,
-              clip_coef: float = 0.0, x_scale=None) -> Callable:
+              clip_coef: float = 0.0, x_scale=None,
+              project: Callable | None = None) -> Callable:
   """The outer step `step(state, *args) -> (state, metrics)`.
 
   Args:
@@ -115,12 +116,15 @@ def make_step(grad_fn: Callable, tx: optax.GradientTransformation, *,
       grads = {**grads, "x": gx}
     updates, opt_state = tx.update(grads, state.opt_state, state.learned)
     if x_scale is not None:
-      updates = {**updates, "x": updates["x"] * x_scale[:, :, None, None, None]}
+      updates = {**updates,
+                 "x": updates["x"] * x_scale[:, :, None, None, None]}
       if "y" in updates:
         updates["y"] = updates["y"] * x_scale[:, :, None]
     learned = optax.apply_updates(state.learned, updates)
     if "y" in learned:
       learned = {**learned, "y": jnp.maximum(learned["y"], 0.0)}
+    if project is not None:
+      learned = project(learned)
     metrics = {"loss": loss, "grad_norm": gnorm, "clip_ema": ema,
                **extra}
     return OuterState(learned, opt_state, ema, state.step + 1), metrics

@@ -1,7 +1,7 @@
 """The unroll: a forward-only burn-in, then a differentiable window.
 
 For T inner steps with window length M and burn-in length s (see
-`distill_jax.truncation`):
+`distill_jax.core.truncation`):
 
 .. math::
   \\theta_s = \\mathrm{burn\\_in}_s(\\theta_0, \\mathrm{sg}(\\tilde D)), \\quad
@@ -21,8 +21,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from distill_jax import augment
 from distill_jax.core import inner
+from distill_jax.data import augment
 
 POLICIES = {
     "full": None,  # save nothing but the carry

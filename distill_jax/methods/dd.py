@@ -16,14 +16,14 @@ import jax.numpy as jnp
 import optax
 
 from distill_jax import config as config_lib
-from distill_jax import inits
-from distill_jax import inner_opt
-from distill_jax import sharding
-from distill_jax import xla_options
 from distill_jax.core import inner
+from distill_jax.core import inner_opt
 from distill_jax.core import meta
 from distill_jax.core import outer
 from distill_jax.core import schedule as schedule_lib
+from distill_jax.nn import inits
+from distill_jax.platform import mesh as sharding
+from distill_jax.platform import xla_options
 
 
 

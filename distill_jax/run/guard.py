@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from distill_jax import checkpoint
+from distill_jax.run import checkpoint
 
 NONFINITE_FIELD = "nonfinite"  # metrics.jsonl: names of the null values.
 

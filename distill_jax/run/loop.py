@@ -32,11 +32,11 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
-from distill_jax import checkpoint
-from distill_jax import progress as progress_lib
-from distill_jax import storage
-from distill_jax import xla_options
+from distill_jax.platform import xla_options
+from distill_jax.run import checkpoint
 from distill_jax.run import guard as guard_lib
+from distill_jax.run import progress as progress_lib
+from distill_jax.run import storage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import re
 import jax
 import numpy as np
 
-from distill_jax import storage
+from distill_jax.run import storage
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
 _TREEDEF = "__treedef__"

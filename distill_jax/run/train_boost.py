@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import data
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import rat_eval
-from distill_jax import rat_train
-from distill_jax import storage
+from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
 from distill_jax.run import lock as lock_lib
+from distill_jax.run import storage
+from distill_jax.run import train_rat as rat_train
 
 
 READINGS = {

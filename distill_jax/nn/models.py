@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import config as config_lib
-from distill_jax import layers
+from distill_jax.nn import layers
 
 
 class Model(NamedTuple):

@@ -15,7 +15,7 @@ Where a dataset comes from (first match wins):
 
 A manual dir may be the parent folder (holding ``mnist/``, ``usps/``, ...) or
 a dataset's own folder. Local files are prepared once by the TFDS builders of
-``distill_jax.local_datasets`` into ArrayRecord files under ``data_dir``
+``distill_jax.data.local`` into ArrayRecord files under ``data_dir``
 (argument, else env ``TFDS_DATA_DIR``, else ``~/tensorflow_datasets``), e.g.
 ``~/tensorflow_datasets/local_mnist/1.0.0/``, and read back with
 ``builder.as_data_source`` (no TensorFlow needed). Note that prepared data is
@@ -47,9 +47,15 @@ import threading
 
 from absl import logging
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from distill_jax.data.splits import _stratified_choice
+from distill_jax.data.splits import split_validation
+from distill_jax.data.transforms import _normalize_inplace
+from distill_jax.data.transforms import aligned_empty
+from distill_jax.data.transforms import as_aligned
+from distill_jax.data.transforms import PIXELS
+from distill_jax.data.transforms import resize
 
 ENV_DATA_DIR = 'DISTILL_JAX_DATA_DIR'
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
@@ -142,202 +148,10 @@ def available() -> tuple[str, ...]:
   return tuple(_SPECS)
 
 
-def normalize(x, mean, std) -> np.ndarray:
-  """Normalises images per channel.
-
-  Args:
-    x: images (..., C); integer dtypes are 0..255, floats are in [0, 1].
-    mean: per-channel mean in [0, 1] units (sequence of length C).
-    std: per-channel std in [0, 1] units.
-
-  Returns:
-    float32 array ``(x01 - mean) / std``.
-  """
-  x = np.asarray(x)
-  out = x.astype(np.float32)  # a copy: the caller's array is left alone.
-  if np.issubdtype(x.dtype, np.integer):
-    out /= 255.0
-  return _normalize_inplace(out, mean, std)
-
-
-ALIGN = 64  # bytes; XLA:CPU shares (does not copy) arrays aligned to this.
-
-
-def aligned_empty(shape, dtype) -> np.ndarray:
-  """`np.empty` whose data starts on an `ALIGN`-byte boundary, so that
-  `jax.device_put` on CPU uses it in place instead of copying it."""
-  dtype = np.dtype(dtype)
-  nbytes = int(np.prod(shape)) * dtype.itemsize
-  buf = np.empty(nbytes + ALIGN, np.uint8)
-  offset = (-buf.ctypes.data) % ALIGN
-  return buf[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
-def as_aligned(x: np.ndarray) -> np.ndarray:
-  """`x` itself if C-contiguous, writeable and aligned, else an aligned
-  copy."""
-  if (x.flags.c_contiguous and x.flags.writeable and
-      x.ctypes.data % ALIGN == 0):
-    return x
-  out = aligned_empty(x.shape, x.dtype)
-  out[...] = x
-  return out
-
-
-def _normalize_inplace(x: np.ndarray, mean, std) -> np.ndarray:
-  """`(x - mean) / std` written into float32 `x` itself (no temporaries:
-  a full-size copy of a 55,000-image train split is ~170 MB)."""
-  x -= np.asarray(mean, np.float32)
-  x /= np.asarray(std, np.float32)
-  return x
-
-
-PIXELS = ('float32', 'uint8')
-
-
-def decode(x, mean, std):
-  """uint8 pixels -> normalised float32, ``(x / 255 - mean) / std``.
-
-  Works on numpy arrays and (inside ``jit``) on JAX arrays, so splits can be
-  kept as uint8 (a quarter of the memory) and normalised per batch where
-  they are used; float arrays are returned unchanged. The values are
-  bit-identical to `load`'s float32 path: each of the 256 levels is
-  normalised once on the host (a (256, C) table) and the pixels index it.
-
-  Args:
-    x: images (..., C), uint8 (0..255) or already-normalised floats.
-    mean: per-channel mean in [0, 1] units.
-    std: per-channel std in [0, 1] units.
-
-  Returns:
-    float32 normalised images (``x`` itself if it is not uint8).
-  """
-  if x.dtype != np.uint8:
-    return x
-  c = x.shape[-1]
-  levels = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, c))
-  table = normalize(levels, mean, std)
-  if isinstance(x, jax.Array):
-    return jnp.asarray(table)[x.astype(jnp.int32), jnp.arange(c)]
-  return table[x, np.arange(c)]
-
-
-def denormalize(x, mean, std) -> np.ndarray:
-  """Inverts `normalize`.
-
-  Args:
-    x: normalised images (..., C).
-    mean: per-channel mean in [0, 1] units.
-    std: per-channel std in [0, 1] units.
-
-  Returns:
-    float32 images in [0, 1] (clipped).
-  """
-  x = np.asarray(x, np.float32) * np.asarray(std, np.float32)
-  x = x + np.asarray(mean, np.float32)
-  return np.clip(x, 0.0, 1.0)
-
-
-def resize(x, size) -> np.ndarray:
-  """Resizes NHWC float images bilinearly.
-
-  Args:
-    x: images (N, H, W, C).
-    size: int (square) or (height, width).
-
-  Returns:
-    float32 images (N, height, width, C).
-  """
-  if isinstance(size, int):
-    size = (size, size)
-  x = np.asarray(x, np.float32)
-  if tuple(x.shape[1:3]) == tuple(size):
-    return x
-  shape = (x.shape[0], size[0], size[1], x.shape[3])
-  if not x.shape[0]:
-    return np.zeros(shape, np.float32)
-  return np.asarray(jax.image.resize(x, shape, method='bilinear'))
-
-
-def class_balanced_indices(rng: np.random.Generator, y, per_class: int,
-                           num_classes: int) -> np.ndarray:
-  """Draws ``per_class`` distinct indices of each class, without replacement.
-
-  Args:
-    rng: numpy random generator.
-    y: integer labels (N,).
-    per_class: examples to draw per class.
-    num_classes: number of classes; classes are 0..num_classes-1.
-
-  Returns:
-    int64 indices of shape (num_classes * per_class,), grouped by class in
-    class order.
-
-  Raises:
-    ValueError: if some class has fewer than ``per_class`` examples.
-  """
-  y = np.asarray(y)
-  out = []
-  for c in range(num_classes):
-    idx = np.flatnonzero(y == c)
-    if len(idx) < per_class:
-      raise ValueError(f'class {c} has only {len(idx)} examples, fewer than '
-                       f'per_class={per_class}.')
-    out.append(rng.choice(idx, per_class, replace=False))
-  if not out:
-    return np.zeros((0,), np.int64)
-  return np.concatenate(out).astype(np.int64)
-
-
-def _stratified_choice(rng: np.random.Generator, y: np.ndarray,
-                       n: int) -> np.ndarray:
-  """Picks ``n`` indices with class counts proportional to ``y``'s."""
-  if n > len(y):
-    raise ValueError(f'cannot take {n} examples out of {len(y)}.')
-  classes, counts = np.unique(y, return_counts=True)
-  quota = counts * n / len(y)
-  take = np.floor(quota).astype(np.int64)
-  # Largest remainders get the leftover examples.
-  for i in np.argsort(-(quota - take), kind='stable')[:n - take.sum()]:
-    take[i] += 1
-  chosen = [rng.choice(np.flatnonzero(y == c), k, replace=False)
-            for c, k in zip(classes, take)]
-  return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-
-
-def split_validation(x, y, val_size: int, seed: int):
-  """Holds out a class-stratified validation set.
-
-  Args:
-    x: images (N, ...).
-    y: labels (N,).
-    val_size: number of validation examples (0 for none).
-    seed: random seed.
-
-  Returns:
-    ``(x_train, y_train, x_val, y_val)``; both parts keep the original order
-    and are disjoint.
-  """
-  y = np.asarray(y)
-  if not 0 <= val_size <= len(y):
-    raise ValueError(f'val_size={val_size} must be in [0, {len(y)}].')
-  rng = np.random.default_rng(seed)
-  val_idx = _stratified_choice(rng, y, val_size)
-  mask = np.ones(len(y), bool)
-  mask[val_idx] = False
-  return x[mask], y[mask], x[val_idx], y[val_idx]
-
-
-def stratified_subset(x, y, n: int, seed: int):
-  """``n`` examples of ``(x, y)``, class-stratified and drawn at random
-  (never just the first ``n``: local copies are often sorted by class)."""
-  _, _, xs, ys = split_validation(x, y, n, seed)
-  return xs, ys
-
-
 def _local_datasets():
   """Imports `local_datasets` (and so TFDS) on first use."""
-  from distill_jax import local_datasets  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from distill_jax.data import local as local_datasets
   return local_datasets
 
 
@@ -632,3 +446,12 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
       class_names=raw.class_names,
       source=raw.source,
   )
+
+
+def load_for(cfg, data_dir: str | None = None, pixels: str = 'float32'):
+  """`load` with the data fields of a run config (dataset, val_size, seed,
+  image_size, train_limit, channels; 0 = native)."""
+  return load(cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size,
+              seed=cfg.seed, image_size=cfg.image_size or None,
+              train_limit=getattr(cfg, 'train_limit', 0) or None,
+              channels=getattr(cfg, 'channels', 0) or None, pixels=pixels)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from distill_jax import distilled_set as set_lib
-from distill_jax import zca as zca_lib
+from distill_jax.data import zca as zca_lib
 from distill_jax.distilled_set import DistilledSet
 
 FORMAT = "distill_jax.distilled"

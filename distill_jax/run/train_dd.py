@@ -25,19 +25,20 @@ import numpy as np
 
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import distilled
 from distill_jax import distilled_set
-from distill_jax import evaluate
-from distill_jax import inits
-from distill_jax import layers
-from distill_jax import models
-from distill_jax import storage
-from distill_jax import viz
-from distill_jax import zca as zca_lib
+from distill_jax.data import zca as zca_lib
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import replay as evaluate
 from distill_jax.methods import dd
+from distill_jax.methods import dd_data as distilled
+from distill_jax.nn import inits
+from distill_jax.nn import layers
+from distill_jax.nn import models
 from distill_jax.run import guard as guard_lib
 from distill_jax.run import lock as lock_lib
 from distill_jax.run import loop as loop_lib
+from distill_jax.run import storage
+from distill_jax.run import viz
 
 # Fields that may differ between an interrupted run and its resumption: they
 # change when the run stops, what it logs, or how (not what) it computes.
@@ -45,15 +46,6 @@ _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
                 "eval_inits", "val_inits", "eval_batch", "outer_steps",
                 "outer_epochs", "real_chunk", "remat", "init_group",
                 "select_on_val")
-
-
-def load_data(cfg: config_lib.DistillConfig, data_dir: str | None = None,
-              pixels: str = "float32"):
-  return data.load(cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size,
-                   seed=cfg.seed, image_size=cfg.image_size or None,
-                   train_limit=cfg.train_limit or None,
-                   channels=getattr(cfg, "channels", 0) or None,
-                   pixels=pixels)
 
 
 def init_source(cfg: config_lib.DistillConfig, model: models.Model,
@@ -119,7 +111,7 @@ def _run_locked(cfg: config_lib.DistillConfig, workdir: str, *,
     loop_lib.check_resume_config(cfg_path, cfg, _RUN_CONTROL)
   storage.atomic_write(cfg_path, lambda f: f.write(cfg.to_json()), mode="w")
 
-  ds = dataset if dataset is not None else load_data(cfg, data_dir)
+  ds = dataset if dataset is not None else data.load_for(cfg, data_dir)
   ds, zca = whiten(ds, cfg.zca_reg) if cfg.zca else (ds, None)
   if cfg.real_batch > len(ds.y_train):
     raise ValueError(f"real_batch={cfg.real_batch} exceeds the "
@@ -232,8 +224,8 @@ def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
       "selected_checkpoint": selected or {"step": outer_steps,
                                           "rule": "last"},
       "eval_time_s": round(eval_time, 1),
-      "test_acc": evaluate.summary(test_acc),
-      "val_acc": evaluate.summary(val_acc) if val_acc is not None else None,
+      "test_acc": accuracy_lib.summary(test_acc),
+      "val_acc": accuracy_lib.summary(val_acc) if val_acc is not None else None,
       "eval_protocol": "replay of the learned steps on held-out inits "
                        "(the fixed network itself for fixed modes)",
       "learned_lrs": [float(v) for v in distilled.lrs(learned)],

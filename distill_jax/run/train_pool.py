@@ -14,16 +14,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import evaluate
-from distill_jax.core import inner
-from distill_jax import models
-from distill_jax import progress as progress_lib
-from distill_jax import storage
-from distill_jax import xla_options
+from distill_jax.core import inner_opt
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import fit
+from distill_jax.nn import models
+from distill_jax.platform import xla_options
+from distill_jax.run import progress as progress_lib
+from distill_jax.run import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,20 +64,12 @@ def _model(cfg: PretrainConfig, ds: data.Dataset) -> models.Model:
 @xla_options.lazy_jit(static_argnames=("apply_fn", "tx", "steps",
                                         "batch"))
 def _train(apply_fn, tx, params0, keys, x, y, steps: int, batch: int):
-  """Trains a stack of networks with Adam on random minibatches."""
-  def train_one(params, key):
-    opt = tx.init(params)
-
-    def body(carry, k):
-      p, o = carry
-      idx = jax.random.randint(k, (batch,), 0, x.shape[0])
-      g = jax.grad(inner.loss, argnums=1)(apply_fn, p, x[idx], y[idx])
-      upd, o = tx.update(g, o, p)
-      return (optax.apply_updates(p, upd), o), None
-    (params, _), _ = jax.lax.scan(body, (params, opt),
-                                  jax.random.split(key, steps))
-    return params
-  return jax.vmap(train_one)(params0, keys)
+  """Trains a stack of networks with `tx` on uniform random minibatches."""
+  trainer = fit.minibatch(apply_fn, tx.tx, tx.lr, x, y,
+                          fit.uniform_batches(x.shape[0], batch))
+  per_net = {"params0": params0,
+             "keys": jax.vmap(lambda k: jax.random.split(k, steps))(keys)}
+  return jax.tree.map(lambda a: a[0], fit.fit(trainer, per_net, (steps,)))
 
 
 def train_pool(cfg: PretrainConfig, ds: data.Dataset, *,
@@ -86,7 +78,7 @@ def train_pool(cfg: PretrainConfig, ds: data.Dataset, *,
   cfg.validate()
   model = _model(cfg, ds)
   steps = max(1, int(cfg.epochs * len(ds.y_train) / cfg.batch_size))
-  tx = optax.adam(cfg.lr)
+  tx = inner_opt.build("adam", cfg.lr, eps_root=0.0)  # optax.adam's
   x, y = jax.device_put(ds.x_train), jnp.asarray(ds.y_train)
   key = jax.random.key(cfg.seed)
   k_init, k_train = jax.random.split(key)
@@ -99,9 +91,9 @@ def train_pool(cfg: PretrainConfig, ds: data.Dataset, *,
     params0 = jax.vmap(model.init)(init_keys[sl])
     params = _train(model.apply, tx, params0, train_keys[sl], x, y, steps,
                     cfg.batch_size)
-    accs.append(evaluate.accuracy(model.apply, params,
-                                  jax.device_put(ds.x_test),
-                                  jnp.asarray(ds.y_test)))
+    accs.append(accuracy_lib.accuracy(model.apply, params,
+                                      jax.device_put(ds.x_test),
+                                      jnp.asarray(ds.y_test)))
     pools.append(jax.tree.map(np.asarray, params))
     bar.update(min(start + cfg.chunk, cfg.num_nets),
                acc=float(np.mean(accs[-1])))
@@ -124,7 +116,7 @@ def run(cfg: PretrainConfig, workdir: str, *, dataset=None, data_dir=None,
           dataclasses.asdict(cfg), "test_acc": [float(a) for a in acc]}
   storage.save_pool(path, pool, meta)
   report = {"pool": path, "num_nets": cfg.num_nets,
-            "test_acc": evaluate.summary(acc),
+            "test_acc": accuracy_lib.summary(acc),
             "time_s": round(time.time() - t, 1)}
   storage.write_json(os.path.join(workdir, "report.json"), report)
   return report

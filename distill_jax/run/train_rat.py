@@ -18,15 +18,15 @@ import numpy as np
 
 from distill_jax import data
 from distill_jax import distilled_set
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import rat_eval
-from distill_jax import storage
-from distill_jax import viz
-from distill_jax import xla_options
+from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
+from distill_jax.platform import xla_options
 from distill_jax.run import guard as guard_lib
 from distill_jax.run import lock as lock_lib
 from distill_jax.run import loop as loop_lib
+from distill_jax.run import storage
+from distill_jax.run import viz
 
 _support = jax.jit(rat_bptt.support)  # one program, not eager operations.
 # Fields a resumed run may change. `outer_steps` among them: a run can be
@@ -186,7 +186,7 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
   cfg.validate()
   if cfg.boost_blocks != 1:
     raise ValueError(f"boost_blocks={cfg.boost_blocks}: use "
-                     "distill_jax.boost.run (experiments/boost_dd.py).")
+                     "distill_jax.run.train_boost.run (experiments/boost_dd.py).")
   with lock_lib.workdir_lock(workdir):  # before anything in it is written.
     return _run_locked(cfg, workdir, dataset=dataset, data_dir=data_dir,
                        resume=resume, show_progress=show_progress,

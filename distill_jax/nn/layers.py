@@ -6,8 +6,14 @@ code, so it supports forward-mode, reverse-mode and any nesting of the two
 ``"xla_vjp"`` supports reverse mode at any depth (what the dataset-
 distillation meta-gradient needs) but not ``jax.jvp``; on CPU ``"auto"``
 picks it for wide inputs, so forward-mode code there passes
-``impl="im2col"`` (or sets ``layers.CPU_WIDE_IMPL = "im2col"``, or the
-environment variable ``DISTILL_JAX_CPU_WIDE_CONV=im2col``).
+``impl="im2col"`` or configures
+``platform.Platform(cpu_wide_conv="im2col")`` (``distill_jax.platform``,
+flag ``--cpu_wide_conv``).
+
+The implementations compute the same function: they differ in speed and
+in float rounding (summation order), not in what they compute, so the
+backend-dependent ``"auto"`` choice below is a performance choice. An
+explicit ``impl=`` (or ``cpu_wide_conv``) overrides it.
 
 Layouts: activations are NHWC, conv kernels HWIO, stride 1.
 
@@ -36,20 +42,24 @@ Implementations (``impl=``):
   ``mean``; its gradient is an elementwise select instead of
   ``select_and_scatter``.
 * ``"auto"``: the fastest measured choice for ``jax.default_backend()``
-  (see ``docs/perf_notes.md``): "xla" on GPU/TPU; on CPU "im2col_t" for
-  narrow inputs (C_in < 32: LeNet, first layers) and ``CPU_WIDE_IMPL``
-  ("xla_vjp") for wide ones (docs/rat_bptt_perf.md).
+  (see ``docs/perf_notes.md``), read when the function is traced: "xla" on
+  GPU/TPU; on CPU "im2col_t" for narrow inputs (C_in < 32: LeNet, first
+  layers) and the active ``Platform.cpu_wide_conv`` (default "xla_vjp")
+  for wide ones (docs/rat_bptt_perf.md). Pooling "auto" is "reshape" on
+  CPU and "xla" elsewhere: the same values; the gradient differs only
+  where a window has tied maxima (``reshape`` splits it between them,
+  ``xla`` gives it to one).
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from distill_jax.platform import config as platform_config
 
 Padding = Union[int, str, Sequence[Tuple[int, int]]]
 
@@ -211,21 +221,24 @@ def _conv_shift(x, w, pads):
   return out
 
 
-WIDE_INPUT = 32  # C_in from which "auto" uses CPU_WIDE_IMPL on CPU.
-# The implementation "auto" uses on CPU for wide inputs; "im2col" keeps
-# forward mode (jax.jvp) working. Environment: DISTILL_JAX_CPU_WIDE_CONV.
-CPU_WIDE_IMPL = os.environ.get("DISTILL_JAX_CPU_WIDE_CONV", "xla_vjp")
-if CPU_WIDE_IMPL not in CONV_IMPLS:
-  raise ValueError(
-      f"DISTILL_JAX_CPU_WIDE_CONV={CPU_WIDE_IMPL!r} is not a convolution "
-      f"implementation; use one of {CONV_IMPLS} or unset it.")
+WIDE_INPUT = 32  # C_in from which "auto" uses `cpu_wide_conv` on CPU.
 
 
-def auto_conv_impl(c_in: int) -> str:
-  """The implementation `conv2d(impl="auto")` uses for `c_in` input channels."""
-  if not _on_cpu():
+def auto_conv_impl(c_in: int, backend: str | None = None,
+                   wide: str | None = None) -> str:
+  """The implementation `conv2d(impl="auto")` uses for `c_in` input channels.
+
+  Args:
+    c_in: input channels.
+    backend: "cpu", "gpu" or "tpu" (default: JAX's default backend).
+    wide: the implementation for C_in >= WIDE_INPUT on CPU (default: the
+      active `platform.current().cpu_wide_conv`).
+  """
+  if (backend or jax.default_backend()) != "cpu":
     return "xla"
-  return CPU_WIDE_IMPL if c_in >= WIDE_INPUT else "im2col_t"
+  if c_in < WIDE_INPUT:
+    return "im2col_t"
+  return wide or platform_config.current().cpu_wide_conv
 
 
 def conv2d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
@@ -330,5 +343,5 @@ def tune_cpu_malloc() -> bool:
   Returns:
     True if glibc accepted the settings, False otherwise (e.g. not glibc).
   """
-  from distill_jax import xla_options  # pylint: disable=g-import-not-at-top
+  from distill_jax.platform import xla_options  # pylint: disable=g-import-not-at-top
   return xla_options.keep_malloc_mapped()

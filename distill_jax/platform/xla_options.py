@@ -9,8 +9,9 @@ the process then keeps; without them the peak resident memory of those
 benchmarks dropped from ~1.2 GiB to 0.65-0.75 GiB at the same step time
 (BUILD.md, Benchmarks). GPU and TPU compile with XLA's defaults.
 
-`CPU` can be edited (or emptied) before the steps are built, or set
-`DISTILL_JAX_XLA_DEFAULTS=1` to compare against XLA's defaults.
+`Platform(xla_cpu_defaults=True)` (`distill_jax.platform.configure`, flag
+`--xla_cpu_defaults`) compiles with XLA's defaults instead, for comparison;
+`options` reads the active `Platform` when a step is built.
 
 `precompile` compiles a jitted function ahead of its first call and then
 hands the compiler's freed heap back to the operating system (glibc keeps
@@ -22,10 +23,12 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import os
-from typing import Any, Callable
+import types
+from typing import Any, Callable, Mapping
 
 import jax
+
+from distill_jax.platform import config
 
 # YNNPACK library fusions for dots and reductions, but not for convolutions:
 # YNNPACK's convolution runs the kernel gradient of a 3x3 conv (C_in as the
@@ -34,11 +37,11 @@ import jax
 # 75.8 s instead of 60.4 s (BUILD.md, Benchmarks).
 YNN_FUSIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
-# DISTILL_JAX_XLA_DEFAULTS=1 in the environment compiles with XLA's defaults.
-CPU: dict[str, Any] = ({} if os.environ.get("DISTILL_JAX_XLA_DEFAULTS") == "1"
-                       else {"xla_cpu_use_fusion_emitters": False,
-                             "xla_cpu_experimental_ynn_fusion_type":
-                                 YNN_FUSIONS})
+# The library's XLA:CPU compile options (read-only).
+CPU_OPTIONS: Mapping[str, Any] = types.MappingProxyType({
+    "xla_cpu_use_fusion_emitters": False,
+    "xla_cpu_experimental_ynn_fusion_type": YNN_FUSIONS,
+})
 
 
 @functools.cache
@@ -54,15 +57,20 @@ def _accepted(key: str, value: Any) -> bool:
 
 
 def options(backend: str | None = None) -> dict[str, Any]:
-  """The compile options for `backend` (default: JAX's default backend)."""
+  """The compile options for `backend` (default: JAX's default backend).
+
+  On CPU: `CPU_OPTIONS` (those this jaxlib accepts), or none when the active
+  `Platform` has `xla_cpu_defaults`; on GPU and TPU none.
+  """
   backend = backend or jax.default_backend()
-  if backend != "cpu":
+  if backend != "cpu" or config.current().xla_cpu_defaults:
     return {}
-  return {k: v for k, v in CPU.items() if _accepted(k, v)}
+  return {k: v for k, v in CPU_OPTIONS.items() if _accepted(k, v)}
 
 
 def jit(fun: Callable, **kwargs) -> Callable:
-  """`jax.jit` with `options()` merged under any `compiler_options` given."""
+  """`jax.jit` with `options()` (read now) merged under any
+  `compiler_options` given."""
   opts = {**options(), **(kwargs.pop("compiler_options", None) or {})}
   if opts:
     kwargs["compiler_options"] = opts
@@ -136,9 +144,9 @@ def limit_malloc_arenas(n: int = 1) -> bool:
   MiB at the same step time, but made the small DD LeNet step 3-7% slower
   (BUILD.md, Benchmarks). So the RaT-BPTT command-line entry points call
   this with n = 1 before JAX starts its threads, the DD ones keep glibc's
-  default (env DISTILL_JAX_MALLOC_ARENAS overrides both; 0 = glibc's
-  default); a library import does not. Returns False where glibc's
-  `mallopt` is unavailable.
+  default (`Platform.malloc_arenas`, flag `--malloc_arenas`, overrides
+  both; 0 = glibc's default); a library import does not. Returns False
+  where glibc's `mallopt` is unavailable.
   """
   mallopt = _glibc("mallopt")
   if n <= 0 or mallopt is None:
@@ -157,50 +165,15 @@ def keep_malloc_mapped() -> bool:
   With `mmap` off for malloc and no heap trim the memory stays mapped (the
   resident size stays at the peak). The CIFAR-10 RaT-BPTT recipe step on a
   2-core AVX2 machine: 174-177 -> 153 s, peak RSS 1.56 -> 2.57 GiB; the DD
-  trainer always does this (`layers.tune_cpu_malloc`). Returns False where
-  glibc's `mallopt` is unavailable or refuses.
+  trainer always does this (`layers.tune_cpu_malloc`), `rat_bptt_cifar` by
+  default (`Platform.keep_malloc_mapped`, flag `--keep_malloc_mapped`).
+  Returns False where glibc's `mallopt` is unavailable or refuses.
   """
   mallopt = _glibc("mallopt")
   if mallopt is None:
     return False
   return (mallopt(M_MMAP_MAX, 0) == 1 and
           mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1)
-
-
-ENV_KEEP_MAPPED = "DISTILL_JAX_KEEP_MALLOC_MAPPED"
-
-
-def keep_malloc_mapped_from_env(default: bool) -> bool:
-  """`keep_malloc_mapped()` if env DISTILL_JAX_KEEP_MALLOC_MAPPED (else
-  `default`) says so. Returns whether it was applied.
-
-  Raises:
-    ValueError: the variable is neither 0 nor 1.
-  """
-  value = os.environ.get(ENV_KEEP_MAPPED, "1" if default else "0").strip()
-  if value not in ("0", "1"):
-    raise ValueError(f"{ENV_KEEP_MAPPED}={value!r} must be 1 (keep large "
-                     "malloc blocks mapped) or 0 (glibc's default).")
-  return keep_malloc_mapped() if value == "1" else False
-
-
-ENV_MALLOC_ARENAS = "DISTILL_JAX_MALLOC_ARENAS"
-
-
-def limit_malloc_arenas_from_env(default: int = 1) -> int:
-  """`limit_malloc_arenas` with the count from env DISTILL_JAX_MALLOC_ARENAS
-  (else `default`; 0 keeps glibc's default). Returns the count applied.
-
-  Raises:
-    ValueError: the variable is not a non-negative integer.
-  """
-  value = os.environ.get(ENV_MALLOC_ARENAS, str(default)).strip()
-  if not value.isdigit():
-    raise ValueError(f"{ENV_MALLOC_ARENAS}={value!r} must be a number of "
-                     "glibc malloc arenas (0 = glibc's default).")
-  n = int(value)
-  limit_malloc_arenas(n)
-  return n
 
 
 def precompile(jitted, *args, **kwargs) -> None:

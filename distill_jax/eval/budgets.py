@@ -3,7 +3,7 @@
 Unlike the release (METHODS.md B.9), which reports the best test accuracy
 over budgets, fresh networks are trained with the inner optimiser (same
 subsampling and augmentation as distillation) on the distilled set for each
-step budget in `eval_budgets`; the budget (and, in `rat_train`, the best
+step budget in `eval_budgets`; the budget (and, in `run.train_rat`, the best
 distillation checkpoint) is chosen on a validation split held out from the
 training set, and test accuracy is reported once, mean +- std over
 `eval_nets` networks.
@@ -15,12 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import evaluate
-from distill_jax import models
-from distill_jax import rat_bptt
-from distill_jax import xla_options
-from distill_jax.core import inner
-from distill_jax.core import unroll
+from distill_jax.eval import accuracy as accuracy_lib
+from distill_jax.eval import fit
+from distill_jax.methods import rat_bptt
+from distill_jax.nn import models
+from distill_jax.platform import xla_options
 
 EVAL_PROTOCOL = (
     "fresh networks trained with the inner optimiser (same subsampling and "
@@ -32,42 +31,22 @@ EVAL_PROTOCOL = (
 def make_eval_train(cfg: rat_bptt.RatConfig, model: models.Model):
   """Jitted `(init keys, train keys, support, learned) -> params per budget`.
 
-  Initialises one fresh network per init key, trains each with the inner
-  optimiser (same subsampling and augmentation) and returns parameters
+  Initialises one fresh network per init key and trains each with the inner
+  optimiser (same subsampling and augmentation, `fit.distilled`), one after
+  another or side by side (`cfg.eval_parallel`); returns the parameters
   after every budget, stacked as (len(eval_budgets), nets, ...). The
   initialisation is part of the one program: run eagerly, `vmap(init)`
   compiled dozens of small XLA:CPU executables that together kept ~130 MiB.
   """
   prob = rat_bptt.problem(cfg, model)
-  bounds = np.stack([np.array((0, *cfg.eval_budgets[:-1])),
-                     np.array(cfg.eval_budgets)], 1).astype(np.int32)
-
-  def train_one(k_init, key, sup, learned):
-    params = model.init(k_init)
-    step = unroll.make_step(prob.schedule, apply_fn=model.apply, tx=prob.tx,
-                            syn_aug=cfg.syn_aug, rotate_deg=cfg.rotate_deg,
-                            key=key)
-    data = (sup, learned.get("raw_lr"))
-
-    def segment(state, lo_hi):  # one loop body for every budget.
-      state = jax.lax.fori_loop(lo_hi[0], lo_hi[1],
-                                lambda t, s: step(s, t, data, None), state)
-      return state, state.params
-    state = inner.init_state(params, prob.tx)
-    _, params_by_budget = jax.lax.scan(segment, state, jnp.asarray(bounds))
-    return params_by_budget
 
   def run_all(init_keys, keys, sup, learned):
-    if jax.default_backend() == "cpu":
-      # One network after another: on XLA:CPU a vmap over 8 ConvNet-3 w128
-      # (1,000 steps) kept 8x the activations (XLA temporaries 303 vs 42
-      # MiB) and was slower (108 vs 95 s); BUILD.md, Benchmarks.
-      out = jax.lax.map(lambda k: train_one(*k, sup, learned),
-                        (init_keys, keys))
-    else:  # GPU/TPU: the nets' small batches in parallel.
-      out = jax.vmap(train_one, in_axes=(0, 0, None, None))(
-          init_keys, keys, sup, learned)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+    # `sup` is the whole support; of `learned` only the lrs are used.
+    lrs = {"x": sup.x[:, :0], **{k: v for k, v in learned.items()
+                                 if k == "raw_lr"}}
+    trainer = fit.distilled(prob, lrs, sup, init_fn=model.init)
+    return fit.fit(trainer, {"init_key": init_keys, "key": keys},
+                   cfg.eval_budgets, parallel=cfg.eval_parallel)
   return xla_options.jit(run_all)
 
 
@@ -98,13 +77,14 @@ def evaluate_set(cfg: rat_bptt.RatConfig, model: models.Model, eval_train,
   jax.block_until_ready(params)
   xla_options.release_host_memory()  # its compiler's memory, if it compiled.
   val_acc = np.stack([
-      evaluate.accuracy(model.apply, jax.tree.map(lambda a, i=i: a[i], params),
+      accuracy_lib.accuracy(model.apply,
+                            jax.tree.map(lambda a, i=i: a[i], params),
                         val[0], val[1], batch=cfg.eval_batch, norm=norm)
       for i in range(len(cfg.eval_budgets))])
   best = int(np.argmax(val_acc.mean(1)))
   out = {"val": val_acc, "budget": cfg.eval_budgets[best]}
   if test is not None:
-    out["test"] = evaluate.accuracy(
+    out["test"] = accuracy_lib.accuracy(
         model.apply, jax.tree.map(lambda a: a[best], params), test[0], test[1],
         batch=cfg.eval_batch, norm=norm)
   return out
@@ -122,9 +102,9 @@ def final_eval(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
                      (jax.device_put(prep.x_test), jnp.asarray(ds.y_test)),
                      norm=prep.norm)
   return {
-      "test_acc": evaluate.summary(res["test"]),
+      "test_acc": accuracy_lib.summary(res["test"]),
       "selected_budget": res["budget"],
-      "val_acc_by_budget": {str(b): evaluate.summary(a) for b, a in
+      "val_acc_by_budget": {str(b): accuracy_lib.summary(a) for b, a in
                             zip(cfg.eval_budgets, res["val"])},
       "eval_time_s": round(time.time() - t, 1),
   }

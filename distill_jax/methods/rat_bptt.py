@@ -37,20 +37,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill_jax import augment
 from distill_jax import config as config_lib
 from distill_jax import data
-from distill_jax import distilled
-from distill_jax import inner_opt
-from distill_jax import models
-from distill_jax import sharding
-from distill_jax import train
-from distill_jax import truncation
-from distill_jax import xla_options
-from distill_jax import zca as zca_lib
+from distill_jax.core import inner_opt
 from distill_jax.core import meta
 from distill_jax.core import outer
 from distill_jax.core import schedule as schedule_lib
+from distill_jax.core import truncation
+from distill_jax.data import augment
+from distill_jax.data import zca as zca_lib
+from distill_jax.methods import dd_data as distilled
+from distill_jax.nn import models
+from distill_jax.platform import mesh as sharding
+from distill_jax.platform import xla_options
 
 IMAGE_INITS = ("unit_norm", "gaussian")
 BOOST_MODES = ("frozen", "slow")
@@ -98,9 +97,9 @@ class RatConfig:
   remat: str = "full"
   # Outer problem.
   num_inits: int = 1
-  # Initialisations per vmap call; groups run one after another. -1 = pick
-  # for the backend (4 on CPU, all at once on GPU/TPU), 0 = all at once.
-  init_group: int = -1
+  # Initialisations per vmap call; groups run one after another. 0 = all
+  # at once (one vmap; also used when the inits are sharded over devices).
+  init_group: int = 4
   real_batch: int = 200
   real_chunk: int = 16  # real-batch loss in remat chunks; 0: at once.
   outer_lr: float = 1e-3
@@ -109,11 +108,11 @@ class RatConfig:
   clip_coef: float = 0.9  # 0 disables image-gradient clipping.
   outer_steps: int = 300
   time_budget_s: float = 0.0
-  # Boost-DD (distill_jax.boost).
+  # Boost-DD (distill_jax.run.train_boost).
   boost_blocks: int = 1
   boost_beta: float = 0.1
   # "frozen": earlier blocks fixed, inner loss weight beta; "slow": earlier
-  # blocks keep being learned at beta x the outer step (distill_jax.boost).
+  # blocks keep being learned at beta x the outer step (run.train_boost).
   boost_mode: str = "frozen"
   # Evaluation.
   eval_budgets: tuple[int, ...] = (300, 600, 1000, 3000)
@@ -121,6 +120,9 @@ class RatConfig:
   eval_every: int = 0  # outer steps between candidate checkpoints; 0: end.
   val_nets: int = 2
   eval_batch: int = 32  # images per forward of one network (bounds memory).
+  # Fresh networks one after another ("map": one network's activations, the
+  # faster choice on XLA:CPU) or side by side ("vmap": GPU/TPU presets).
+  eval_parallel: str = "map"
   # Run control.
   seed: int = 0
   log_every: int = 10
@@ -178,10 +180,12 @@ class RatConfig:
         set(self.eval_budgets)) or self.eval_budgets[0] < 1):
       raise ValueError(f"eval_budgets={self.eval_budgets} must be positive "
                        "and strictly increasing, e.g. 300,600,1000,3000.")
-    if self.init_group < -1:
-      raise ValueError(
-          f"init_group={self.init_group} must be -1 (auto), 0 (all) or a "
-          "positive number of initialisations per vmap call.")
+    if self.init_group < 0:
+      raise ValueError(f"init_group={self.init_group} must be 0 (all) or a "
+                       "positive group size.")
+    if self.eval_parallel not in ("map", "vmap"):
+      raise ValueError(f"eval_parallel={self.eval_parallel!r}; choose 'map' "
+                       "or 'vmap'.")
     if self.val_size < 1:
       raise ValueError(
           f"val_size={self.val_size}: RaT-BPTT selects the eval budget and "
@@ -224,7 +228,7 @@ def prepare(cfg: RatConfig, ds: data.Dataset | None = None,
             data_dir: str | None = None) -> Prepared:
   """Loads the dataset (unless given) and applies ZCA fitted on train."""
   if ds is None:
-    ds = train.load_data(cfg, data_dir, pixels="float32" if (
+    ds = data.load_for(cfg, data_dir, pixels="float32" if (
         cfg.zca or cfg.image_size) else "uint8")
     data.clear_cache()  # ds holds its own copies; the raw cache is ~55 MB.
     xla_options.release_host_memory()

@@ -1,0 +1,79 @@
+"""Class-stratified index selection and the train/validation split."""
+
+import numpy as np
+
+
+def class_balanced_indices(rng: np.random.Generator, y, per_class: int,
+                           num_classes: int) -> np.ndarray:
+  """Draws ``per_class`` distinct indices of each class, without replacement.
+
+  Args:
+    rng: numpy random generator.
+    y: integer labels (N,).
+    per_class: examples to draw per class.
+    num_classes: number of classes; classes are 0..num_classes-1.
+
+  Returns:
+    int64 indices of shape (num_classes * per_class,), grouped by class in
+    class order.
+
+  Raises:
+    ValueError: if some class has fewer than ``per_class`` examples.
+  """
+  y = np.asarray(y)
+  out = []
+  for c in range(num_classes):
+    idx = np.flatnonzero(y == c)
+    if len(idx) < per_class:
+      raise ValueError(f'class {c} has only {len(idx)} examples, fewer than '
+                       f'per_class={per_class}.')
+    out.append(rng.choice(idx, per_class, replace=False))
+  if not out:
+    return np.zeros((0,), np.int64)
+  return np.concatenate(out).astype(np.int64)
+
+
+def _stratified_choice(rng: np.random.Generator, y: np.ndarray,
+                       n: int) -> np.ndarray:
+  """Picks ``n`` indices with class counts proportional to ``y``'s."""
+  if n > len(y):
+    raise ValueError(f'cannot take {n} examples out of {len(y)}.')
+  classes, counts = np.unique(y, return_counts=True)
+  quota = counts * n / len(y)
+  take = np.floor(quota).astype(np.int64)
+  # Largest remainders get the leftover examples.
+  for i in np.argsort(-(quota - take), kind='stable')[:n - take.sum()]:
+    take[i] += 1
+  chosen = [rng.choice(np.flatnonzero(y == c), k, replace=False)
+            for c, k in zip(classes, take)]
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def split_validation(x, y, val_size: int, seed: int):
+  """Holds out a class-stratified validation set.
+
+  Args:
+    x: images (N, ...).
+    y: labels (N,).
+    val_size: number of validation examples (0 for none).
+    seed: random seed.
+
+  Returns:
+    ``(x_train, y_train, x_val, y_val)``; both parts keep the original order
+    and are disjoint.
+  """
+  y = np.asarray(y)
+  if not 0 <= val_size <= len(y):
+    raise ValueError(f'val_size={val_size} must be in [0, {len(y)}].')
+  rng = np.random.default_rng(seed)
+  val_idx = _stratified_choice(rng, y, val_size)
+  mask = np.ones(len(y), bool)
+  mask[val_idx] = False
+  return x[mask], y[mask], x[val_idx], y[val_idx]
+
+
+def stratified_subset(x, y, n: int, seed: int):
+  """``n`` examples of ``(x, y)``, class-stratified and drawn at random
+  (never just the first ``n``: local copies are often sorted by class)."""
+  _, _, xs, ys = split_validation(x, y, n, seed)
+  return xs, ys

@@ -1,0 +1,1 @@
+"""Evaluation of distilled sets: accuracy, replay and retrain, step budgets."""
