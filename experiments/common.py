@@ -32,6 +32,7 @@ from distill_jax import config as config_lib
 from distill_jax import platform
 from distill_jax.data import augment
 from distill_jax.methods import rat_bptt
+from distill_jax.methods.decoupled import config as decoupled_config
 from distill_jax.nn import layers
 from distill_jax.run import train_pool as pretrain
 from experiments import configs
@@ -44,7 +45,7 @@ CONFIG_CLASSES = (config_lib.DistillConfig, rat_bptt.RatConfig,
                   pretrain.PretrainConfig, configs.AdaptConfig,
                   configs.CrossArchConfig, configs.LinRegConfig,
                   configs.PoisonConfig, configs.SensitivityConfig,
-                  configs.Table1Config)
+                  configs.Table1Config, decoupled_config.DecoupledConfig)
 
 
 def fail(message: str) -> NoReturn:

@@ -169,14 +169,16 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
                mix: Callable | None = None) -> Trainer:
   """Training of a network with statistics (teachers and students).
 
-  Step t takes the minibatch `indices(per_net, t)` of `x`, augments each
-  image with its own key (`augment(keys, images)`, keys from
-  `fold_in(per_net["key"], t)` split per image), optionally mixes the batch
+  Step t takes the minibatch `idx = indices(per_net, t)` of `x`, augments
+  it (`augment(key, t, idx, images)`), optionally mixes the batch
   (`mix(key, images) -> (images, mixing)`, CutMix or Mixup), asks
-  `targets(idx, images, mixing, key)` for the targets (hard labels, a
+  `targets(key, t, idx, images, mixing)` for the targets (hard labels, a
   teacher's logits on the same images, or stored soft labels), then runs the
   network in train mode (batch statistics, running statistics updated) and
-  applies one `tx` update to the parameters.
+  applies one `tx` update to the parameters. The keys are
+  `fold_in(per_net["key"], t)` split three ways; stored soft labels instead
+  derive each image's augmentation from (epoch, image id), so `augment`
+  and `targets` also receive t and idx.
 
   Args:
     model: a `nn.stat_models.StatModel` (`init`, `apply(variables, x,
@@ -185,8 +187,8 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
     x: the training images.
     indices: `(per_net, t) -> (batch,)` (`epoch_batches`, ...).
     loss: `(logits, targets) -> scalar`.
-    targets: `(idx, images, mixing, key) -> targets`.
-    augment: `(keys, images) -> images` with one key per image, or None.
+    targets: `(key, t, idx, images, mixing) -> targets`.
+    augment: `(key, t, idx, images) -> images`, or None.
     mix: `(key, images) -> (images, mixing)`, or None (mixing = None).
 
   `per_net` holds "init_key" (the network's initialisation), "key" (its
@@ -203,11 +205,11 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
     k_aug, k_mix, k_tgt = jax.random.split(jax.random.fold_in(p["key"], t), 3)
     images = x[idx]
     if augment is not None:
-      images = augment(jax.random.split(k_aug, images.shape[0]), images)
+      images = augment(k_aug, t, idx, images)
     mixing = None
     if mix is not None:
       images, mixing = mix(k_mix, images)
-    tgt = jax.lax.stop_gradient(targets(idx, images, mixing, k_tgt))
+    tgt = jax.lax.stop_gradient(targets(k_tgt, t, idx, images, mixing))
 
     def objective(params):
       logits, aux = model.apply(

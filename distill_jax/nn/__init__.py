@@ -1,1 +1,3 @@
-"""Networks: layers, models (LeNet, AlexCifarNet, ConvNet), initialisers."""
+"""Networks: layers, models (LeNet, AlexCifarNet, ConvNet), initialisers,
+and networks with BatchNorm statistics (`stat_models`, `batchnorm`).
+"""

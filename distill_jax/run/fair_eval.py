@@ -1,0 +1,151 @@
+"""One fair evaluation for any distilled set (METHODS.md Part D).
+
+Every set, from any method, is scored by the same students under named
+protocols, next to random real images of the same budget under the
+identical protocols:
+
+  * soft-label accuracy under the run's protocol (`labels`: the teacher
+    online, or stored FKD-style labels), and hard-label accuracy (CE on the
+    set's labels, the same optimiser, epochs and augmentation);
+  * random real images of the same IPC under both protocols;
+  * HLR, IOR, alpha and LRS with fractions, plus the percent-based values
+    DD-Ranking's code prints (`eval.metrics.ranking_report`); the full-data
+    hard-label accuracy is that of the teacher recipe on the student
+    architecture (the teacher itself when they are the same);
+  * image bytes and label bytes (hard labels, the online teacher's
+    parameters, or the stored logits);
+  * within-class diversity of the teacher's features of the images;
+  * the transferred discrepancy (TD) between a student trained on the set
+    and one trained on the full data (linear heads fitted on validation
+    features, measured on test features);
+  * optional cross-architecture students (soft labels).
+
+Epochs are chosen on the validation split, never on the test set (every
+released implementation selects on test, C.8 item 1); mean +- std over
+`students` seeds.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill_jax import data
+from distill_jax.eval import metrics
+from distill_jax.methods.decoupled import posttrain
+from distill_jax.methods.decoupled import rded
+from distill_jax.methods.decoupled import teacher as teacher_lib
+
+
+def _strip(res: dict) -> dict:
+  return {k: v for k, v in res.items() if k not in ("variables", "model")}
+
+
+def _features(model, variables, x, batch: int = 500) -> np.ndarray:
+  f = jax.jit(lambda v, xb: model.apply(v, xb, train=False)[1]["features"])
+  return np.concatenate([np.asarray(f(variables, jnp.asarray(x[i:i + batch])))
+                         for i in range(0, len(x), batch)])
+
+
+def _floats(ds: data.Dataset, x):
+  return data.decode(x, ds.mean, ds.std) if x.dtype == np.uint8 else x
+
+
+def full_data_student(cfg, ds, teacher, cache_dir: str, log=print):
+  """The hard-label student on the whole training set (for HLR and TD):
+  the teacher when the architectures agree, else the teacher recipe on
+  the student architecture (cached like a teacher)."""
+  tcfg = cfg.teacher()
+  if (cfg.student_arch, cfg.student_width, cfg.student_depth) == (
+      tcfg.arch, tcfg.width, tcfg.depth):
+    return teacher
+  return teacher_lib.load_or_train(
+      dataclasses.replace(tcfg, arch=cfg.student_arch,
+                          width=cfg.student_width, depth=cfg.student_depth),
+      ds, cache_dir, log=log)
+
+
+def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
+             cache_dir: str, stored=None, log=print) -> dict:
+  """Scores (images (N, H, W, C), labels (N,)) under the fair protocol.
+
+  Args:
+    cfg: a `methods.decoupled.config.DecoupledConfig` (protocol fields).
+    images: normalised float images.
+    labels: integer labels.
+    ds: the dataset (validation and test splits).
+    teacher: the `teacher.Teacher` of the soft labels.
+    cache_dir: where full-data students are cached.
+    stored: stored labels for labels="stored", or None (computed).
+    log: progress messages.
+
+  Returns:
+    A JSON-ready dict (see the module docstring).
+  """
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels, np.int32)
+  c = ds.num_classes
+  ipc = max(1, len(labels) // c)
+  out = {"protocol": dataclasses.asdict(cfg.post()), "ipc": ipc}
+  log(f"eval: soft-label students ({cfg.labels})")
+  soft = posttrain.train_students(cfg.post(), images, labels, ds, teacher,
+                                  stored)
+  out["soft"] = _strip(soft)
+  hard = None
+  if cfg.eval_hard:
+    log("eval: hard-label students")
+    hard = posttrain.train_students(cfg.post(labels="hard"), images, labels,
+                                    ds)
+    out["hard"] = _strip(hard)
+  rand_soft = rand_hard = None
+  if cfg.eval_random:
+    rx, ry = rded.random_real(jax.random.key(cfg.seed + 7919), ds.x_train,
+                              ds.y_train, ipc, c)
+    rx = _floats(ds, np.asarray(rx)).reshape(-1, *ds.image_shape)
+    ry = np.asarray(ry).reshape(-1)
+    log("eval: random real, soft labels")
+    rand_soft = posttrain.train_students(cfg.post(), rx, ry, ds, teacher)
+    out["random_real_soft"] = _strip(rand_soft)
+    if cfg.eval_hard:
+      log("eval: random real, hard labels")
+      rand_hard = posttrain.train_students(cfg.post(labels="hard"), rx, ry,
+                                           ds)
+      out["random_real_hard"] = _strip(rand_hard)
+  for arch in [a for a in cfg.cross_archs.split(",") if a]:
+    log(f"eval: cross-architecture students ({arch})")
+    out[f"soft_{arch}"] = _strip(posttrain.train_students(
+        cfg.post(arch=arch), images, labels, ds, teacher, stored))
+  if not cfg.eval_metrics:
+    return out
+  full = full_data_student(cfg, ds, teacher, cache_dir, log)
+  out["full_data_hard_acc"] = full.meta["test_acc"]
+  if hard is not None and rand_soft is not None:
+    out["ranking"] = metrics.ranking_report(
+        full.meta["test_acc"], np.asarray(hard["test"]),
+        np.asarray(soft["test"]), np.asarray(rand_soft["test"]),
+        acc_rand_hard=(None if rand_hard is None else
+                       np.asarray(rand_hard["test"])))
+  teacher_bytes = sum(int(np.asarray(a).nbytes) for a in jax.tree.leaves(
+      teacher.variables))
+  out["bytes"] = {
+      "images": metrics.image_bytes(images),
+      "hard_labels": metrics.label_bytes("hard", num_images=len(labels)),
+      "soft_labels": (soft.get("label_bytes") if cfg.labels == "stored"
+                      else teacher_bytes),
+      "soft_label_source": ("stored logits" if cfg.labels == "stored"
+                            else "online teacher (its parameters)")}
+  feats = _features(teacher.model, teacher.variables, images)
+  out["diversity"] = metrics.within_class_diversity(feats, labels,
+                                                    num_classes=c)
+  if len(ds.y_val):
+    student = soft["model"], soft["variables"]
+    one = jax.tree.map(lambda a: a[0], student[1])  # the first student.
+    xv, xt = _floats(ds, ds.x_val), _floats(ds, ds.x_test)
+    out["td"] = metrics.transferred_discrepancy(
+        _features(student[0], one, xv), _features(full.model, full.variables,
+                                                  xv),
+        np.asarray(ds.y_val), num_classes=c,
+        eval_feats_a=_features(student[0], one, xt),
+        eval_feats_b=_features(full.model, full.variables, xt))
+  return out

@@ -1,0 +1,183 @@
+"""Decoupled runs: squeeze, recover (or select), relabel, post-train, score.
+
+`run(cfg, workdir)` loads the data, trains or reuses the cached teacher
+(`methods.decoupled.teacher`), makes the set:
+
+  * sre2l / cda / delt: the recover loop (`methods.decoupled.recover`) on
+    the one host loop (`run.loop.outer_loop`: checkpoints, resume,
+    divergence checks, metrics);
+  * rded: teacher-scored crop selection, no optimisation;
+  * random_real: class-balanced random training images;
+
+writes `distilled.npz` (a `DistilledSet`, hard labels; soft labels come
+from the stored teacher), and scores it with the fair evaluation
+(`run.fair_eval`) into `report.json`.
+"""
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill_jax import data
+from distill_jax import distilled_set
+from distill_jax.data import crops
+from distill_jax.methods.decoupled import config as config_lib
+from distill_jax.methods.decoupled import pixels
+from distill_jax.methods.decoupled import rded
+from distill_jax.methods.decoupled import recover
+from distill_jax.methods.decoupled import teacher as teacher_lib
+from distill_jax.methods.decoupled import terms
+from distill_jax.run import fair_eval
+from distill_jax.run import guard as guard_lib
+from distill_jax.run import lock as lock_lib
+from distill_jax.run import loop as loop_lib
+from distill_jax.run import storage
+
+_RUN_CONTROL = ("students", "eval_hard", "eval_random", "eval_metrics",
+                "cross_archs", "teacher_cache")
+
+
+def default_cache() -> str:
+  return os.path.join(os.path.expanduser("~"), ".cache", "distill_jax",
+                      "teachers")
+
+
+def load_data(cfg: config_lib.DecoupledConfig, data_dir=None):
+  ds = data.load_for(cfg, data_dir, pixels="float32")
+  data.clear_cache()
+  return ds
+
+
+def recover_images(cfg, ds, teacher, workdir: str, *, resume: bool,
+                   show_progress: bool, log=print):
+  """The recover loop; returns ((C, IPC, H, W, ch) images, info)."""
+  rcfg = cfg.recover()
+  c = ds.num_classes
+  key = jax.random.key(cfg.seed)
+  k_init, k_loop = jax.random.split(key)
+  scores = None
+  if rcfg.init_mode == "real_medium":
+    scores = _true_class_prob(teacher, ds.x_train, ds.y_train)
+  x0 = recover.init_images(rcfg, k_init, c, ds.image_shape, ds.x_train,
+                           ds.y_train, scores)
+  objective = terms.sre2l(rcfg.r_bn, rcfg.first_bn_multiplier)
+  step = recover.RoundStep(rcfg, teacher, objective, ds.image_shape, c,
+                           ds.mean, ds.std)
+  tx = recover.optimizer(rcfg)
+  from distill_jax.core import outer  # pylint: disable=g-import-not-at-top
+  state = outer.init_state({"x": jnp.asarray(x0, jnp.float32)}, tx)
+  targets = jnp.repeat(jnp.arange(c), rcfg.ipc)
+  loop = loop_lib.LoopConfig(
+      total=rcfg.iterations, seed=cfg.seed, real_batch=1,
+      log_every=max(1, rcfg.iterations // 20), checkpoint_every=500,
+      select=False)
+  t = time.time()
+  res = loop_lib.outer_loop(
+      os.path.join(workdir, "recover"), state, step,
+      lambda batch_idx: (targets, k_loop), n_train=1, loop=loop,
+      advice=guard_lib.advice(rcfg.lr).replace("--outer_lr",
+                                               "--recover_lr"),
+      resume=resume, show_progress=show_progress)
+  info = {"recover_time_s": round(time.time() - t, 1),
+          "image_iterations": step.image_iterations(),
+          "iterations": rcfg.iterations}
+  return np.asarray(res.learned["x"]), info
+
+
+def _true_class_prob(teacher, x, y, batch: int = 1000) -> np.ndarray:
+  f = jax.jit(lambda xb: jax.nn.softmax(teacher.logits(xb)))
+  p = np.concatenate([np.asarray(f(jnp.asarray(x[i:i + batch])))
+                      for i in range(0, len(x), batch)])
+  return p[np.arange(len(y)), np.asarray(y)]
+
+
+def rded_images(cfg, ds, teacher):
+  """RDED selection with the teacher's CE as the score (C.8)."""
+  h, w = ds.image_shape[:2]
+  score = jax.jit(lambda xb, yb: -jnp.take_along_axis(
+      jax.nn.log_softmax(teacher.logits(xb)), yb[:, None], 1)[:, 0])
+  min_scale = 1.0 / cfg.rded_factor if cfg.rded_factor > 1 else 0.5
+
+  def crop_fn(key, images, n):
+    keys = jax.random.split(key, n)
+    out = [crops.random_resized_crop(k, jnp.asarray(images),
+                                     min_scale=min_scale, per_image=True)[0]
+           for k in keys]
+    return jnp.stack(out, 1)
+  sel = rded.select(jax.random.key(cfg.seed), ds.x_train, ds.y_train,
+                    num_classes=ds.num_classes, ipc=cfg.ipc,
+                    score_fn=lambda xb, yb: score(jnp.asarray(xb),
+                                                  jnp.asarray(yb)),
+                    crop_fn=crop_fn, factor=cfg.rded_factor,
+                    num_crops=cfg.rded_crops,
+                    num_candidates=cfg.rded_candidates, out_hw=(h, w))
+  return np.asarray(sel.images, np.float32)
+
+
+def run(cfg: config_lib.DecoupledConfig, workdir: str, *,
+        dataset: data.Dataset | None = None, data_dir: str | None = None,
+        resume: bool = False, show_progress: bool = True) -> dict:
+  """The whole run; returns the report (also written to report.json)."""
+  cfg.validate()
+  lock_lib.ensure_workdir(workdir)
+  with lock_lib.workdir_lock(workdir):
+    return _run_locked(cfg, workdir, dataset, data_dir, resume,
+                       show_progress)
+
+
+def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
+  log = print if show_progress else (lambda *a, **k: None)
+  cfg_path = os.path.join(workdir, "config.json")
+  if resume and os.path.exists(cfg_path):
+    loop_lib.check_resume_config(cfg_path, cfg, _RUN_CONTROL)
+  storage.atomic_write(cfg_path, lambda f: f.write(cfg.to_json()), mode="w")
+  t0 = time.time()
+  ds = dataset if dataset is not None else load_data(cfg, data_dir)
+  cache = cfg.teacher_cache or default_cache()
+  teacher = teacher_lib.load_or_train(cfg.teacher(), ds, cache, log=log)
+  info = {}
+  t = time.time()
+  if cfg.method in recover.METHODS:
+    x, info = recover_images(cfg, ds, teacher, workdir, resume=resume,
+                             show_progress=show_progress, log=log)
+  elif cfg.method == "rded":
+    x = rded_images(cfg, ds, teacher)
+  else:
+    x, _ = rded.random_real(jax.random.key(cfg.seed), ds.x_train,
+                            ds.y_train, cfg.ipc, ds.num_classes)
+  info["synthesis_time_s"] = round(time.time() - t, 1)
+  x = np.asarray(x, np.float32)
+  if cfg.jpeg_quality:
+    flat = pixels.quantize_jpeg(x.reshape(-1, *ds.image_shape), ds.mean,
+                                ds.std, quality=cfg.jpeg_quality)
+    x = np.asarray(flat, np.float32).reshape(x.shape)
+  spec = cfg.teacher().model_spec(ds)
+  dset = distilled_set.DistilledSet.from_per_class(
+      x, mean=ds.mean, std=ds.std, class_names=ds.class_names,
+      dataset=ds.name, method=cfg.method,
+      model={k: (list(v) if isinstance(v, tuple) else v)
+             for k, v in spec.items()},
+      metadata={"config": dataclasses.asdict(cfg),
+                "teacher": {k: v for k, v in teacher.meta.items()
+                            if k != "class_names"}})
+  path = os.path.join(workdir, "distilled.npz")
+  storage.save_distilled_set(path, dset)
+  flat_x = x.reshape(-1, *ds.image_shape)
+  labels = np.repeat(np.arange(ds.num_classes), cfg.ipc).astype(np.int32)
+  ev = fair_eval.evaluate(cfg, flat_x, labels, ds, teacher, cache_dir=cache,
+                          log=log)
+  report = {"method": cfg.method, "dataset": ds.name, "ipc": cfg.ipc,
+            "test_acc": ev["soft"]["test_acc"],
+            "teacher_test_acc": teacher.meta["test_acc"],
+            "teacher_recipe": teacher.meta["recipe"], **info,
+            "evaluation": ev, "distilled": path,
+            "time_s": round(time.time() - t0, 1),
+            "protocol_note": (
+                "epochs chosen on the validation split; released code "
+                "selects the best test epoch (METHODS.md C.8 item 1)")}
+  storage.write_json(os.path.join(workdir, "report.json"), report)
+  return report
