@@ -35,7 +35,7 @@ CHOICES = {
     "teacher_optimizer": ("sgd", "adamw"),
     "post_optimizer": ("sgd", "adamw"),
     "post_schedule": ("cosine", "half_cosine", "constant"),
-    "batching": ("cross_class", "class_grouped"),
+    "batching": ("", "cross_class", "class_grouped"),
     "cda_mode": ("step", "linear", "cosine"),
     "recover_init": ("", "noise", "real_medium", "real_random"),
     "DecoupledConfig.labels": ("hard", "online", "stored"),
@@ -253,7 +253,7 @@ HELP = {
     "r_bn": "weight of the BN-statistics matching term",
     "first_bn_multiplier": "extra weight of the first BN layer's term",
     "batching": "recover batches: one image per class (cross_class, SRe2L) "
-                "or whole classes (class_grouped, DELT)",
+                "or whole classes (class_grouped, DELT); '' = the method's",
     "recover_batch": "class_grouped: images per recover batch, a multiple of "
                      "ipc (0: one class)",
     "per_image_aug": "draw recover augmentation per image (default: once per "

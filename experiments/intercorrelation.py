@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from distill_jax.eval import accuracy as accuracy_lib
-from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_budgets as rat_eval
 from distill_jax.methods import rat_bptt
 from distill_jax.nn import models
 from distill_jax.run import storage

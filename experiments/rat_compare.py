@@ -50,7 +50,7 @@ import jax
 import numpy as np
 
 from distill_jax.eval import accuracy as accuracy_lib
-from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_budgets as rat_eval
 from distill_jax.methods import baselines
 from distill_jax.methods import rat_bptt
 from distill_jax.nn import models

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,118 @@ class BenchmarkDriverTest(absltest.TestCase):
     self.assertAlmostEqual(flops[0] / 1e9, r["gflop_per_step"], places=2)
     self.assertGreater(flops[1], flops[0])
     self.assertLess(flops[1], 2 * flops[0])
+
+  def test_recover_scripts_name_unknown_configurations(self):
+    for script in ("recover_step.py", "torch_recover_step.py"):
+      with self.subTest(script):
+        proc = _run(script, "--only=nope", "--out=/dev/null")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("unknown configurations ['nope']", proc.stderr)
+        self.assertIn("choose from", proc.stderr)
+
+  def test_torch_recover_step_without_torch_names_the_fix(self):
+    with tempfile.TemporaryDirectory() as d:
+      os.makedirs(os.path.join(d, "torch"))
+      with open(os.path.join(d, "torch", "__init__.py"), "w") as f:
+        f.write("raise ImportError('No module named torch')\n")
+      proc = subprocess.run(
+          [sys.executable,
+           os.path.join(ROOT, "benchmarks", "torch_recover_step.py"),
+           "--only=fashion_sre2l_ipc10", "--out=/dev/null"],
+          capture_output=True, text=True, check=False, cwd=ROOT,
+          env={**os.environ, "PYTHONPATH": d})
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertIn("pip install torch", proc.stderr)
+    self.assertNotIn("Traceback", proc.stderr)
+
+  def test_torch_recover_settings_match_the_jax_benchmark(self):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import recover_step  # pylint: disable=g-import-not-at-top
+    import torch_recover_step  # pylint: disable=g-import-not-at-top
+    with open(torch_recover_step.__file__) as f:
+      source = f.read()
+    self.assertNotIn("import distill_jax", source)
+    self.assertNotIn("from distill_jax", source)
+    jax_cfgs = {c["name"]: c for c in recover_step.configs(1, quick=False)}
+    keys = ("ipc", "iterations", "lr", "r_bn", "first_bn_multiplier",
+            "crop", "min_scale", "flip", "jitter")
+    for name, cfg in torch_recover_step.CONFIGS.items():
+      with self.subTest(name):
+        j = jax_cfgs[name]
+        r = j["recover"]
+        self.assertEqual({k: cfg[k] for k in keys}, {k: r[k] for k in keys})
+        self.assertEqual((r["method"], r["batching"], r["per_image_aug"]),
+                         ("sre2l", "cross_class", False))
+        self.assertEqual(cfg["batch_size"], recover_step.CLASSES)
+        c, h, w = cfg["shape"]
+        self.assertEqual((h, w, c), tuple(j["shape"]))
+        self.assertEqual(list(cfg["mean"]), j["mean"])
+        self.assertEqual(list(cfg["std"]), j["std"])
+        self.assertEqual(j["teacher"], {"arch": "convnet_bn",
+                                        "width": cfg["width"],
+                                        "depth": cfg["depth"]})
+    # DELT runs a multiple of its rounds; --quick is a subset.
+    for name, j in jax_cfgs.items():
+      if j["kind"] == "recover" and j["recover"]["method"] == "delt":
+        self.assertEqual(j["recover"]["iterations"] %
+                         j["recover"]["rounds"], 0)
+    self.assertLessEqual({c["name"] for c in recover_step.configs(1, True)},
+                         set(jax_cfgs))
+    # The re-created RandomResizedCrop box stays inside the image.
+    rng = random.Random(0)
+    for _ in range(200):
+      top, left, hh, ww = torch_recover_step.rrc_params(
+          28, 28, (0.25, 1.0), (3 / 4, 4 / 3), rng.random, rng.randint)
+      self.assertTrue(0 <= top <= 28 - hh and 0 <= left <= 28 - ww)
+      self.assertGreater(hh * ww, 0)
+
+  def test_recover_step_tiny(self):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import recover_step  # pylint: disable=g-import-not-at-top
+    spec = recover_step.recover_spec(
+        "fashion_delt_ipc10", "fashion_ipc10", 1, method="delt",
+        batching="class_grouped", ipc=4, recover_iterations=8, rounds=2,
+        teacher_width=8)
+    r = recover_step.measure(spec)
+    self.assertEqual([x["images"] for x in r["rounds"]], [20, 40])
+    self.assertGreater(r["median_s"], 0)
+    self.assertGreater(r["gflop_per_iter"], r["rounds"][0]["gflop_per_iter"])
+    self.assertGreater(r["xla_temp_mib"], 0)
+    self.assertGreater(r["peak_rss_mib"], 0)
+    # Slots (2, 2) of 4 join at rounds (0, 1): 2 x 8 + 2 x 4 of 4 x 8.
+    self.assertEqual(r["image_iterations"], 10 * (2 * 8 + 2 * 4))
+    self.assertAlmostEqual(r["image_iteration_saving"], 0.25)
+    spec = recover_step.post_spec("post_fashion_ipc10", "fashion_ipc10", 1,
+                                  steps=2)
+    spec.update(ipc=2, teacher={**spec["teacher"], "width": 8},
+                post={**spec["post"], "width": 8})
+    p = recover_step.measure(spec)
+    self.assertEqual(p["batch_size"], 20)
+    self.assertGreater(p["images_per_s"], 0)
+    summary = recover_step.summarize({r["name"]: r, p["name"]: p})
+    self.assertEqual(summary["ipc10_delt_image_iteration_saving"], 0.25)
+    self.assertIn("post_fashion_ipc10_images_per_s", summary)
+
+  def test_torch_recover_step_tiny(self):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      self.skipTest("torch is not installed (not a dependency)")
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch_recover_step  # pylint: disable=g-import-not-at-top
+    r = torch_recover_step.measure("fashion_sre2l_ipc10", runs=1, seed=0,
+                                   threads=1, warmup=1)
+    self.assertGreater(r["batch_median_s"], 0)
+    self.assertAlmostEqual(r["median_s"], 10 * r["batch_median_s"], places=3)
+    self.assertEqual(r["threads"], 1)
+    with tempfile.TemporaryDirectory() as d:
+      path = os.path.join(d, "j.json")
+      with open(path, "w") as f:
+        json.dump({"results": [{"name": r["name"], "median_s": 0.5,
+                                "peak_rss_mib": 1.0}]}, f)
+      c = torch_recover_step.compare(r, path)
+    self.assertAlmostEqual(c["torch_over_jax"], r["median_s"] / 0.5,
+                           places=1)
 
 if __name__ == "__main__":
   absltest.main()

@@ -53,3 +53,24 @@ def test_decoupled_bad_flag(fake_data, tmp_path):
   proc = _run("decoupled", ["--preset=smoke", "--method=magic"], fake_data,
               tmp_path, check=False)
   assert_one_line_error(proc, "--method=magic")
+
+
+def test_fair_eval_of_a_dd_set(fake_data, tmp_path):
+  # A bilevel set under the same fair evaluation as the decoupled ones.
+  _run("dd_mnist_random", ["--preset=smoke"], fake_data, tmp_path / "dd")
+  dd_set = tmp_path / "dd" / "wd" / "distilled.npz"
+  proc = _run("fair_eval", ["--preset=smoke", f"--distilled={dd_set}",
+                            f"--teacher_cache={tmp_path / 'teachers'}"],
+              fake_data, tmp_path)
+  assert "test accuracy:" in proc.stdout
+  report = json.loads((tmp_path / "wd" / "report.json").read_text())
+  assert report["method"] == "dd"
+  ev = report["evaluation"]
+  assert ev["random_real_soft"]["test_acc"]["mean"] > 30.0
+  assert {"soft", "hard", "ranking", "bytes", "td"} <= set(ev)
+
+
+def test_fair_eval_needs_a_set(fake_data, tmp_path):
+  proc = _run("fair_eval", ["--preset=smoke"], fake_data, tmp_path,
+              check=False)
+  assert_one_line_error(proc, "--distilled")

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from distill_jax.eval import metrics
+from distill_jax.eval import td as td_lib
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -183,7 +184,7 @@ class TransferredDiscrepancyTest(absltest.TestCase):
     self.rng = rng
 
   def td(self, fb, eb, **kw):
-    return metrics.transferred_discrepancy(
+    return td_lib.transferred_discrepancy(
         self.fa, fb, self.y, num_classes=self.c, eval_feats_a=self.ea,
         eval_feats_b=eb, **kw)
 
@@ -214,14 +215,14 @@ class TransferredDiscrepancyTest(absltest.TestCase):
 
   def test_in_sample_default_and_dual_form(self):
     wide = self.rng.normal(size=(120, 200))  # d > n: dual ridge
-    td = metrics.transferred_discrepancy(self.fa, wide, self.y,
+    td = td_lib.transferred_discrepancy(self.fa, wide, self.y,
                                          num_classes=self.c)
     self.assertGreaterEqual(td, 0.0)
-    primal = metrics.linear_head_outputs(wide[:, :100], self.y,
+    primal = td_lib.linear_head_outputs(wide[:, :100], self.y,
                                          num_classes=self.c)
     self.assertEqual(primal.shape, (120, self.c))
     with self.assertRaises(ValueError):
-      metrics.transferred_discrepancy(self.fa, self.fa, self.y,
+      td_lib.transferred_discrepancy(self.fa, self.fa, self.y,
                                       num_classes=self.c,
                                       eval_feats_a=self.ea)
 

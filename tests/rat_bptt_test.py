@@ -16,7 +16,7 @@ from distill_jax.core import meta
 from distill_jax.core import outer
 from distill_jax.core import unroll
 from distill_jax.eval import accuracy as accuracy_lib
-from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_budgets as rat_eval
 from distill_jax.methods import rat_bptt
 from distill_jax.nn import models
 from tests import test_utils  # pylint: disable=unused-import

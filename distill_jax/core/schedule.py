@@ -26,6 +26,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def inverse_softplus(y: float) -> float:
+  """The raw value whose softplus is the learning rate `y` (> 0)."""
+  return float(np.log(np.expm1(y)))
 
 
 def softplus_lrs(raw_lr: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 """The one routine that trains fresh networks.
 
 Replay and retrain evaluation of a distilled set (`eval.replay`), RaT-BPTT's
-step budgets (`eval.budgets`), pretrained pools (`run.train_pool`) and the
+step budgets (`methods.rat_budgets`), pretrained pools (`run.train_pool`) and the
 baselines all train networks from scratch with `fit`. What differs between
 them is a `Trainer`: how one network's state starts and what one step does.
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.eval import replay as evaluate
-from distill_jax.methods import dd_data as distilled
+from distill_jax.core import schedule as schedule_lib
 
 LEARNED = "learned"
 PAPER_LRS = (LEARNED, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
@@ -57,7 +57,7 @@ def lr_schedule(option, *, steps: int, epochs: int,
 
 def as_learned(x_set: np.ndarray, lrs: np.ndarray) -> dict:
   """A baseline set as the `learned` pytree of `evaluate.replay`."""
-  raw = np.asarray([distilled.inverse_softplus(float(v)) for v in lrs],
+  raw = np.asarray([schedule_lib.inverse_softplus(float(v)) for v in lrs],
                    np.float32)
   return {"x": jnp.asarray(x_set), "raw_lr": jnp.asarray(raw)}
 

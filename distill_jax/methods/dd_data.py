@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax.core import schedule as schedule_lib
 
-def inverse_softplus(y: float) -> float:
-  return float(np.log(np.expm1(y)))
+
+inverse_softplus = schedule_lib.inverse_softplus
 
 
 def init(key: jax.Array, *, steps: int, epochs: int, num_classes: int,

@@ -26,6 +26,9 @@ released implementation selects on test, C.8 item 1); mean +- std over
 """
 
 import dataclasses
+import hashlib
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +36,11 @@ import numpy as np
 
 from distill_jax import data
 from distill_jax.eval import metrics
+from distill_jax.eval import td as td_lib
 from distill_jax.methods.decoupled import posttrain
 from distill_jax.methods.decoupled import rded
 from distill_jax.methods.decoupled import teacher as teacher_lib
+from distill_jax.run import storage
 
 
 def _strip(res: dict) -> dict:
@@ -50,6 +55,26 @@ def _features(model, variables, x, batch: int = 500) -> np.ndarray:
 
 def _floats(ds: data.Dataset, x):
   return data.decode(x, ds.mean, ds.std) if x.dtype == np.uint8 else x
+
+
+def _cached(cfg, ds, ipc, post, cache_dir: str, log, compute) -> dict:
+  """Random-real results under `post`, computed once per (teacher, data,
+  IPC, protocol, seed) and kept beside the cached teachers: every method
+  of a comparison is scored against the same random-real students."""
+  key = hashlib.sha256(json.dumps(
+      {"teacher": teacher_lib.fingerprint(cfg.teacher(), ds), "ipc": ipc,
+       "protocol": dataclasses.asdict(post), "seed": cfg.seed},
+      sort_keys=True).encode()).hexdigest()[:16]
+  path = os.path.join(cache_dir, f"random_real_{key}.json")
+  if os.path.exists(path):
+    log(f"eval: random real ({post.labels}), reusing {os.path.basename(path)}")
+    with open(path) as f:
+      return json.load(f)
+  log(f"eval: random real, {post.labels} labels")
+  res = _strip(compute())
+  os.makedirs(cache_dir, exist_ok=True)
+  storage.write_json(path, res)
+  return res
 
 
 def full_data_student(cfg, ds, teacher, cache_dir: str, log=print):
@@ -104,14 +129,15 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
                               ds.y_train, ipc, c)
     rx = _floats(ds, np.asarray(rx)).reshape(-1, *ds.image_shape)
     ry = np.asarray(ry).reshape(-1)
-    log("eval: random real, soft labels")
-    rand_soft = posttrain.train_students(cfg.post(), rx, ry, ds, teacher)
-    out["random_real_soft"] = _strip(rand_soft)
+    rand_soft = _cached(cfg, ds, ipc, cfg.post(), cache_dir, log, lambda: (
+        posttrain.train_students(cfg.post(), rx, ry, ds, teacher)))
+    out["random_real_soft"] = rand_soft
     if cfg.eval_hard:
-      log("eval: random real, hard labels")
-      rand_hard = posttrain.train_students(cfg.post(labels="hard"), rx, ry,
-                                           ds)
-      out["random_real_hard"] = _strip(rand_hard)
+      rand_hard = _cached(
+          cfg, ds, ipc, cfg.post(labels="hard"), cache_dir, log,
+          lambda: posttrain.train_students(cfg.post(labels="hard"), rx, ry,
+                                           ds))
+      out["random_real_hard"] = rand_hard
   for arch in [a for a in cfg.cross_archs.split(",") if a]:
     log(f"eval: cross-architecture students ({arch})")
     out[f"soft_{arch}"] = _strip(posttrain.train_students(
@@ -142,7 +168,7 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
     student = soft["model"], soft["variables"]
     one = jax.tree.map(lambda a: a[0], student[1])  # the first student.
     xv, xt = _floats(ds, ds.x_val), _floats(ds, ds.x_test)
-    out["td"] = metrics.transferred_discrepancy(
+    out["td"] = td_lib.transferred_discrepancy(
         _features(student[0], one, xv), _features(full.model, full.variables,
                                                   xv),
         np.asarray(ds.y_val), num_classes=c,

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import data
-from distill_jax.eval import budgets as rat_eval
+from distill_jax.methods import rat_budgets as rat_eval
 from distill_jax.methods import rat_bptt
 from distill_jax.nn import models
 from distill_jax.run import lock as lock_lib

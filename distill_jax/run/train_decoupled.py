@@ -181,3 +181,43 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
                 "selects the best test epoch (METHODS.md C.8 item 1)")}
   storage.write_json(os.path.join(workdir, "report.json"), report)
   return report
+
+
+def evaluate_file(cfg: config_lib.DecoupledConfig, workdir: str, *,
+                  distilled: str, dataset: data.Dataset | None = None,
+                  data_dir: str | None = None, resume: bool = False,
+                  show_progress: bool = True) -> dict:
+  """The fair evaluation of any stored set (DD, RaT-BPTT, ..., RDED).
+
+  The set's images and labels are scored exactly as a decoupled run's
+  own set (`run.fair_eval`), with the teacher of `cfg` on the set's
+  dataset; sets whitened with ZCA are refused (the students would need
+  the whitened test split).
+  """
+  del resume
+  dset = storage.load_distilled_set(distilled)
+  if dset.zca is not None:
+    raise ValueError(f"{distilled}: ZCA-whitened sets are not supported by "
+                     "the fair evaluation yet; distil without --zca.")
+  cfg = dataclasses.replace(cfg, dataset=dset.dataset,
+                            ipc=max(1, len(dset.labels) //
+                                    dset.num_classes))
+  lock_lib.ensure_workdir(workdir)
+  with lock_lib.workdir_lock(workdir):
+    log = print if show_progress else (lambda *a, **k: None)
+    ds = dataset if dataset is not None else load_data(cfg, data_dir)
+    if tuple(ds.image_shape) != tuple(dset.images.shape[1:]):
+      raise ValueError(f"{distilled}: images {dset.images.shape[1:]} but "
+                       f"{ds.name} has {ds.image_shape}; set --image_size/"
+                       "--channels to the set's.")
+    cache = cfg.teacher_cache or default_cache()
+    teacher = teacher_lib.load_or_train(cfg.teacher(), ds, cache, log=log)
+    ev = fair_eval.evaluate(cfg, dset.images, dset.labels, ds, teacher,
+                            cache_dir=cache, log=log)
+    report = {"distilled": distilled, "method": dset.method,
+              "dataset": ds.name, "ipc": cfg.ipc,
+              "test_acc": ev["soft"]["test_acc"],
+              "teacher_test_acc": teacher.meta["test_acc"],
+              "evaluation": ev}
+    storage.write_json(os.path.join(workdir, "report.json"), report)
+    return report

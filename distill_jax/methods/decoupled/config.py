@@ -44,7 +44,7 @@ class DecoupledConfig:
   recover_lr: float = 0.25
   r_bn: float = 0.01
   first_bn_multiplier: float = 10.0
-  batching: str = "cross_class"
+  batching: str = ""  # "": DELT class_grouped, else cross_class
   recover_batch: int = 0
   per_image_aug: bool = False
   recover_crop: bool = True
@@ -125,7 +125,9 @@ class DecoupledConfig:
         method=method, ipc=self.ipc, iterations=self.recover_iterations,
         lr=self.recover_lr, r_bn=self.r_bn,
         first_bn_multiplier=self.first_bn_multiplier,
-        batching=self.batching, batch_size=self.recover_batch,
+        batching=self.batching or (
+            "class_grouped" if method == "delt" else "cross_class"),
+        batch_size=self.recover_batch,
         per_image_aug=self.per_image_aug, crop=self.recover_crop,
         min_scale=self.recover_min_scale, flip=self.recover_flip,
         jitter=self.jitter, cda_mode=self.cda_mode,

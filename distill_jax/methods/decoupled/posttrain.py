@@ -20,6 +20,7 @@ the released code selects the best test epoch).
 """
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +135,7 @@ def train_students(cfg: PostTrainConfig, images, labels, ds, teacher=None,
     dict: "val_by_epoch" {epoch: summary}, "epoch" (selected), "test_acc"
     (summary over students, %), "test" (per-student accuracies), "steps".
   """
+  t0 = time.time()
   images = jnp.asarray(images, jnp.float32)
   labels = jnp.asarray(labels, jnp.int32)
   n = images.shape[0]
@@ -197,6 +199,7 @@ def train_students(cfg: PostTrainConfig, images, labels, ds, teacher=None,
                 test_acc=accuracy_lib.summary(test))
   if stored is not None:
     result["label_bytes"] = stored.nbytes()
+  result["time_s"] = round(time.time() - t0, 1)
   result["variables"] = jax.tree.map(lambda a: a[best], out)
   result["model"] = model
   return result

@@ -160,7 +160,7 @@ def train(cfg: TeacherConfig, ds: data.Dataset):
   per_net = {"init_key": k_init[None], "key": k_aug[None],
              "keys": jax.random.split(k_order, epochs)[None]}
   out = jax.jit(lambda p: fit.fit(trainer, p, (steps,)))(per_net)
-  return model, jax.tree.map(lambda a: a[0, 0], out)
+  return model, jax.block_until_ready(jax.tree.map(lambda a: a[0, 0], out))
 
 
 def accuracy(model, variables, x, y, norm=None) -> float:
@@ -170,7 +170,7 @@ def accuracy(model, variables, x, y, norm=None) -> float:
                                      batch=500, norm=norm)[0])
 
 
-def _fingerprint(cfg: TeacherConfig, ds: data.Dataset) -> str:
+def fingerprint(cfg: TeacherConfig, ds: data.Dataset) -> str:
   """Hash of the recipe and of the training data the teacher sees."""
   h = hashlib.sha256(json.dumps(
       {"recipe": dataclasses.asdict(cfg), "dataset": ds.name,
@@ -202,7 +202,7 @@ def load_or_train(cfg: TeacherConfig, ds: data.Dataset, cache_dir: str, *,
   metadata: recipe, model spec, validation and test accuracy, training
   time, the dataset's normalisation and class names.
   """
-  path = os.path.join(cache_dir, f"teacher_{_fingerprint(cfg, ds)}.npz")
+  path = os.path.join(cache_dir, f"teacher_{fingerprint(cfg, ds)}.npz")
   if os.path.exists(path):
     variables, meta = storage.load_pool(path)
     model = stat_models.build(meta["model"])
