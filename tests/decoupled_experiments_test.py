@@ -74,3 +74,20 @@ def test_fair_eval_needs_a_set(fake_data, tmp_path):
   proc = _run("fair_eval", ["--preset=smoke"], fake_data, tmp_path,
               check=False)
   assert_one_line_error(proc, "--distilled")
+
+
+def test_gpu_preset_at_tiny_size(fake_data, tmp_path):
+  # The papers' settings (ResNet-18 teacher, Mixup, T = 30, vmapped
+  # students), shrunk by flags to seconds on the fake CIFAR-10 subset.
+  proc = _run("decoupled", [
+      "--preset=gpu_cifar10_ipc10", "--method=delt", "--dataset=cifar10_subset",
+      "--train_limit=300", "--val_size=100", "--teacher_epochs=1",
+      "--teacher_batch=64", "--recover_iterations=8", "--rounds=2",
+      "--ipc=2", "--post_epochs=2", "--eval_every=1", "--students=2",
+      "--student_width=8", "--noeval_random", "--noeval_metrics",
+      f"--teacher_cache={tmp_path / 'teachers'}"], fake_data, tmp_path)
+  assert "test accuracy:" in proc.stdout
+  report = json.loads((tmp_path / "wd" / "report.json").read_text())
+  assert report["teacher_recipe"]["arch"] == "resnet18"
+  assert report["evaluation"]["protocol"]["mix"] == "mixup"
+  assert report["evaluation"]["soft"]["test_acc"]["n"] == 2

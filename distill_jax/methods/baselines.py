@@ -27,7 +27,6 @@ import functools
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.eval import accuracy as accuracy_lib

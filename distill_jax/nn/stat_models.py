@@ -340,6 +340,20 @@ def _module(spec: dict) -> nn.Module:
   return MLP(c, spec["width"], spec["depth"], init)
 
 
+def spec_for(arch: str, *, width: int, depth: int, num_classes: int,
+             image_shape, norm: str = "batch") -> dict:
+  """A spec from the usual (arch, width, depth) fields, keeping only those
+  the architecture takes (ResNet-18 has a fixed depth; only the ConvNet
+  has a norm choice)."""
+  spec = {"arch": arch, "width": width, "num_classes": num_classes,
+          "image_shape": tuple(image_shape)}
+  if arch != "resnet18":
+    spec["depth"] = depth
+  if arch == "convnet_bn":
+    spec["norm"] = norm
+  return spec
+
+
 def build(spec: Mapping[str, Any] | None = None, **kwargs) -> StatModel:
   """Builds the `StatModel` a recipe describes.
 

@@ -86,8 +86,9 @@ class PostTrainConfig:
                               flip=self.flip, seed=self.seed)
 
   def student_spec(self, num_classes: int, image_shape) -> dict:
-    return {"arch": self.arch, "width": self.width, "depth": self.depth,
-            "num_classes": num_classes, "image_shape": tuple(image_shape)}
+    return stat_models.spec_for(self.arch, width=self.width,
+                                depth=self.depth, num_classes=num_classes,
+                                image_shape=image_shape)
 
 
 def batch_size_for(ipc: int, num_classes: int) -> int:

@@ -77,9 +77,10 @@ class TeacherConfig:
       raise ValueError("teacher pad_crop and weight_decay must be >= 0.")
 
   def model_spec(self, ds: data.Dataset) -> dict:
-    return {"arch": self.arch, "width": self.width, "depth": self.depth,
-            "norm": self.norm, "num_classes": ds.num_classes,
-            "image_shape": tuple(ds.image_shape)}
+    return stat_models.spec_for(self.arch, width=self.width,
+                                depth=self.depth, norm=self.norm,
+                                num_classes=ds.num_classes,
+                                image_shape=ds.image_shape)
 
 
 def optimizer(name: str, lr: float, total_steps: int, *, schedule: str,
