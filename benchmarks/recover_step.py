@@ -249,22 +249,22 @@ def _measure_posttrain(spec: dict) -> dict:
 def _preset(name: str, **overrides):
   sys.path.insert(0, ROOT)
   from experiments import presets
-  return dataclasses.replace(presets.DECOUPLED(name), **overrides)
+  return presets.DECOUPLED(name).replace_flat(**overrides)
 
 
 def _base(cfg) -> dict:
   mean, std = STATS[cfg.dataset]
   return {"dataset": cfg.dataset, "shape": list(SHAPES[cfg.dataset]),
           "mean": list(mean), "std": list(std),
-          "teacher": {"arch": cfg.teacher_arch, "width": cfg.teacher_width,
-                      "depth": cfg.teacher_depth}}
+          "teacher": {"arch": cfg.teacher.arch, "width": cfg.teacher.width,
+                      "depth": cfg.teacher.depth}}
 
 
 def recover_spec(name: str, preset: str, runs: int, **overrides) -> dict:
   """The spec of a recover configuration: the preset's recover recipe."""
   cfg = _preset(preset, **overrides)
   return {"name": name, "kind": "recover", "preset": preset, "runs": runs,
-          **_base(cfg), "recover": dataclasses.asdict(cfg.recover())}
+          **_base(cfg), "recover": dataclasses.asdict(cfg.recover_cfg())}
 
 
 def post_spec(name: str, preset: str, runs: int, steps: int) -> dict:
@@ -272,7 +272,7 @@ def post_spec(name: str, preset: str, runs: int, steps: int) -> dict:
   cfg = _preset(preset)
   return {"name": name, "kind": "posttrain", "preset": preset,
           "runs": runs, "steps": steps, "ipc": cfg.ipc, **_base(cfg),
-          "post": dataclasses.asdict(cfg.post())}
+          "post": dataclasses.asdict(cfg.post_cfg())}
 
 
 def configs(runs: int, quick: bool) -> list[dict]:
@@ -282,11 +282,11 @@ def configs(runs: int, quick: bool) -> list[dict]:
     for method in (("sre2l",) if quick else ("sre2l", "cda")):
       out.append(recover_spec(f"fashion_{method}_ipc{ipc}", preset, runs,
                               method=method))
-    # DELT: class-grouped batches of one class; 8 rounds need a multiple of
-    # 8 iterations (the IPC 50 preset's 500 is not one).
+    # DELT: class-grouped batches of one class, 1000 iterations.
     over = {} if ipc == 10 else {"recover_iterations": 1000}
     out.append(recover_spec(f"fashion_delt_ipc{ipc}", preset, runs,
-                            method="delt", batching="class_grouped", **over))
+                            method="delt", recover_batching="class_grouped",
+                            **over))
   if not quick:
     out.append(recover_spec("cifar10_sre2l_ipc10", "cifar10_ipc10", runs,
                             method="sre2l"))

@@ -73,7 +73,7 @@ CONFIGS = {
     "fashion_sre2l_ipc10": {**_RECIPE, **_FASHION, "ipc": 10,
                             "iterations": 1000},
     "fashion_sre2l_ipc50": {**_RECIPE, **_FASHION, "ipc": 50,
-                            "iterations": 500},
+                            "iterations": 800},
     "cifar10_sre2l_ipc10": {**_RECIPE, **_CIFAR10, "ipc": 10,
                             "iterations": 1000},
 }

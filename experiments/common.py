@@ -128,32 +128,56 @@ def define_choice_list(name: str, default, choices, help_: str,
       f"must be one or more of {','.join(choices)}", flag_values)
 
 
-def _define_field(cls, f, default, hint, flag_values) -> None:
-  """One flag for config field `f` of `cls` with default `default`."""
-  name = cls.__name__
-  help_ = flag_help.lookup(flag_help.HELP, name, f.name)
+def _define_field(cls, f, default, hint, flag_values, name=None) -> None:
+  """One flag for config field `f` of `cls` with default `default`; `name`
+  (default `f.name`) is the flag's name (prefixed for nested stages)."""
+  name = name or f.name
+  cls_name = cls.__name__
+  help_ = (flag_help.lookup(flag_help.HELP, cls_name, f.name) if name ==
+           f.name else flag_help.HELP.get(name))
   if not help_:
-    raise KeyError(f"{name}.{f.name} has no help text in "
+    raise KeyError(f"{cls_name}.{f.name} (--{name}) has no help text in "
                    "experiments/flag_help.py HELP; add one.")
-  choices = flag_help.lookup(flag_help.CHOICES, name, f.name)
+  choices = (flag_help.lookup(flag_help.CHOICES, cls_name, f.name) if name ==
+             f.name else flag_help.CHOICES.get(name))
   kw = dict(flag_values=flag_values)
   if choices:
-    flags.DEFINE_enum(f.name, default, list(choices), help_, **kw)
+    flags.DEFINE_enum(name, default, list(choices), help_, **kw)
   elif hint is bool:
-    flags.DEFINE_bool(f.name, default, help_, **kw)
+    flags.DEFINE_bool(name, default, help_, **kw)
   elif hint is int:
-    flags.DEFINE_integer(f.name, default, help_, **kw)
+    flags.DEFINE_integer(name, default, help_, **kw)
   elif hint is float:
-    flags.DEFINE_float(f.name, default, help_, **kw)
+    flags.DEFINE_float(name, default, help_, **kw)
   elif hint is str:
-    flags.DEFINE_string(f.name, default, help_, **kw)
+    flags.DEFINE_string(name, default, help_, **kw)
   else:  # tuple[int, ...]
-    define_int_list(f.name, default, help_, flag_values)
-  if f.name in ("syn_aug", "real_aug"):
-    flags.register_validator(f.name, _valid_augmentation,
+    define_int_list(name, default, help_, flag_values)
+  if name in ("syn_aug", "real_aug"):
+    flags.register_validator(name, _valid_augmentation,
                              "must be 'none' or operations of {flip, "
                              "rotate} joined by '_', e.g. flip_rotate",
                              flag_values)
+
+
+def flag_fields(cfg_cls, base):
+  """(flag name, owning class, field, default, type) of every flag of a
+  config; stage configs (`NESTED` of the class, if any) are flattened with
+  their prefix, leaving out the fields the run sets."""
+  nested = getattr(sys.modules[cfg_cls.__module__], "NESTED", {}) if \
+      hasattr(base, "replace_flat") else {}
+  hints = typing.get_type_hints(cfg_cls)
+  for f in dataclasses.fields(cfg_cls):
+    if f.name in nested:
+      prefix, from_run = nested[f.name]
+      sub = getattr(base, f.name)
+      sub_hints = typing.get_type_hints(type(sub))
+      for g in dataclasses.fields(sub):
+        if g.name not in from_run:
+          yield (prefix + g.name, type(sub), g, getattr(sub, g.name),
+                 sub_hints[g.name])
+    else:
+      yield f.name, cfg_cls, f, getattr(base, f.name), hints[f.name]
 
 
 def _valid_augmentation(value: str) -> bool:
@@ -188,10 +212,8 @@ def define_flags(presets, cfg_cls=config_lib.DistillConfig,
                     **kw)
   flags.DEFINE_bool("progress", True, "show a progress line on stderr", **kw)
   define_platform_flags(flag_values)
-  hints = typing.get_type_hints(cfg_cls)
-  for f in dataclasses.fields(cfg_cls):
-    _define_field(cfg_cls, f, getattr(base, f.name), hints[f.name],
-                  flag_values)
+  for name, owner, f, default, hint in flag_fields(cfg_cls, base):
+    _define_field(owner, f, default, hint, flag_values, name=name)
 
 
 def define_platform_flags(flag_values=FLAGS) -> None:
@@ -244,12 +266,14 @@ def config_from_flags(presets, cfg_cls=config_lib.DistillConfig,
   try:
     cfg = presets(flag_values.preset)
     overrides = {}
-    for f in dataclasses.fields(cfg_cls):
-      if flag_values[f.name].present:
-        value = flag_values[f.name].value
-        if isinstance(getattr(cfg, f.name), tuple):
+    for name, _, _, default, _ in flag_fields(cfg_cls, cfg):
+      if flag_values[name].present:
+        value = flag_values[name].value
+        if isinstance(default, tuple):
           value = tuple(int(v) for v in value)
-        overrides[f.name] = value
+        overrides[name] = value
+    if hasattr(cfg, "replace_flat"):
+      return cfg.replace_flat(**overrides).validate()
     return dataclasses.replace(cfg, **overrides).validate()
   except ValueError as e:
     fail(e)

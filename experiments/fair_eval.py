@@ -7,7 +7,7 @@ Students trained on the set under the named protocol (soft labels from the
 dataset's cached teacher, and hard labels), random real images of the same
 IPC under the same protocols, HLR/IOR/LRS, bytes, diversity and TD
 (`distill_jax.run.fair_eval`). The protocol flags are the decoupled
-experiment's (`--labels`, `--post_epochs`, `--students`, ...); --preset
+experiment's (`--post_labels`, `--post_epochs`, `--post_students`, ...); --preset
 picks their defaults. Writes WORKDIR/report.json.
 """
 

@@ -31,18 +31,20 @@ CHOICES = {
     "eval_parallel": ("map", "vmap"),
     "DecoupledConfig.method": ("sre2l", "cda", "delt", "rded", "random_real"),
     "teacher_arch": ("convnet_bn", "resnet_small", "resnet18", "mlp"),
-    "student_arch": ("convnet_bn", "resnet_small", "resnet18", "mlp"),
+    "teacher_norm": ("batch", "instance", "none"),
+    "teacher_schedule": ("cosine", "half_cosine", "constant"),
+    "post_arch": ("convnet_bn", "resnet_small", "resnet18", "mlp"),
     "teacher_optimizer": ("sgd", "adamw"),
     "post_optimizer": ("sgd", "adamw"),
     "post_schedule": ("cosine", "half_cosine", "constant"),
-    "batching": ("", "cross_class", "class_grouped"),
-    "cda_mode": ("step", "linear", "cosine"),
+    "recover_batching": ("", "cross_class", "class_grouped"),
+    "recover_cda_mode": ("step", "linear", "cosine"),
     "recover_init": ("", "noise", "real_medium", "real_random"),
-    "DecoupledConfig.labels": ("hard", "online", "stored"),
-    "teacher_bn": ("eval", "train"),
-    "mix": ("cutmix", "mixup", "none"),
-    "DecoupledConfig.select": ("val", "last"),
-    "DecoupledConfig.parallel": ("map", "vmap"),
+    "post_labels": ("hard", "online", "stored"),
+    "post_teacher_bn": ("eval", "train"),
+    "post_mix": ("cutmix", "mixup", "none"),
+    "post_select": ("val", "last"),
+    "post_parallel": ("map", "vmap"),
 }
 
 _DATASETS = ("mnist, fashion_mnist, usps, cifar10, cifar10_subset or "
@@ -238,8 +240,11 @@ HELP = {
     "teacher_depth": "teacher convnet blocks",
     "teacher_epochs": "teacher training epochs (a less-trained teacher "
                       "recovers better)",
-    "teacher_batch": "teacher minibatch size",
-    "teacher_optimizer": "teacher optimiser (SGD: momentum 0.9)",
+    "teacher_batch_size": "teacher minibatch size",
+    "teacher_optimizer": "teacher optimiser",
+    "teacher_norm": "teacher convnet normalisation",
+    "teacher_momentum": "teacher SGD momentum",
+    "teacher_schedule": "teacher lr schedule",
     "teacher_lr": "teacher learning rate (cosine to 0)",
     "teacher_weight_decay": "teacher weight decay",
     "teacher_pad_crop": "teacher RandomCrop padding in pixels (0: off; 4 for "
@@ -250,58 +255,60 @@ HELP = {
     "recover_iterations": "recover iterations (global; DELT splits them into "
                           "rounds)",
     "recover_lr": "recover Adam learning rate (cosine to 0)",
-    "r_bn": "weight of the BN-statistics matching term",
-    "first_bn_multiplier": "extra weight of the first BN layer's term",
-    "batching": "recover batches: one image per class (cross_class, SRe2L) "
+    "recover_r_bn": "weight of the BN-statistics matching term",
+    "recover_first_bn_multiplier": "extra weight of the first BN layer's term",
+    "recover_batching": "recover batches: one image per class (cross_class, SRe2L) "
                 "or whole classes (class_grouped, DELT); '' = the method's",
-    "recover_batch": "class_grouped: images per recover batch, a multiple of "
+    "recover_batch_size": "class_grouped: images per recover batch, a multiple of "
                      "ipc (0: one class)",
-    "per_image_aug": "draw recover augmentation per image (default: once per "
+    "recover_per_image_aug": "draw recover augmentation per image (default: once per "
                      "batch, as the released code)",
     "recover_crop": "random-resized crops in recover",
     "recover_min_scale": "smallest crop scale in recover (CDA's curriculum "
                          "ends here)",
     "recover_flip": "horizontal flips in recover",
-    "jitter": "recover roll jitter in pixels (0: off)",
-    "cda_mode": "CDA min-crop curriculum shape",
-    "milestone": "CDA curriculum length as a fraction of the iterations "
+    "recover_jitter": "recover roll jitter in pixels (0: off)",
+    "recover_cda_mode": "CDA min-crop curriculum shape",
+    "recover_milestone": "CDA curriculum length as a fraction of the iterations "
                  "(0: no curriculum)",
     "recover_init": "initial images ('' = the method's: noise, DELT "
                     "real_medium)",
-    "rounds": "DELT early-late rounds",
+    "recover_rounds": "DELT early-late rounds",
     "jpeg_quality": "JPEG round trip of the output at this quality (0: off; "
                     "the SRe2L family saves JPEG)",
     "rded_factor": "RDED: crops stitched per side of one image",
     "rded_crops": "RDED: random crops scored per real image",
     "rded_candidates": "RDED: real images scored per class",
-    "student_arch": "student network (post-train)",
-    "student_width": "student channels",
-    "student_depth": "student convnet blocks",
-    "DecoupledConfig.labels": "post-train labels: hard, online teacher, or "
+    "post_arch": "student network (post-train)",
+    "post_width": "student channels",
+    "post_depth": "student convnet blocks",
+    "post_labels": "post-train labels: hard, online teacher, or "
                               "stored FKD-style logits",
-    "teacher_bn": "teacher BatchNorm mode when labelling (train: batch "
+    "post_teacher_bn": "teacher BatchNorm mode when labelling (train: batch "
                   "statistics, as SRe2L's CIFAR code)",
-    "stored_topk": "stored labels: keep the top-k logits (0: all)",
+    "post_stored_topk": "stored labels: keep the top-k logits (0: all)",
+    "post_stored_epochs": "stored labels: epochs of stored views (0: "
+                          "post_epochs; later epochs cycle them)",
     "post_epochs": "post-train epochs",
-    "post_batch": "post-train batch (0: DELT's table by IPC)",
+    "post_batch_size": "post-train batch (0: DELT's table by IPC)",
     "post_optimizer": "post-train optimiser (AdamW: no decay on BN/bias)",
     "post_lr": "post-train learning rate",
     "post_weight_decay": "post-train weight decay",
     "post_schedule": "post-train lr schedule (half_cosine ends at 0.5x, "
                      "RDED/DELT)",
-    "temperature": "KD temperature T",
-    "t_squared": "multiply the KD loss by T^2",
-    "mix": "post-train batch mixing",
+    "post_temperature": "KD temperature T",
+    "post_t_squared": "multiply the KD loss by T^2",
+    "post_mix": "post-train batch mixing",
     "post_crop": "post-train random-resized crops",
     "post_min_scale": "post-train smallest crop scale",
     "post_flip": "post-train horizontal flips",
-    "students": "students per protocol (seeds), mean +- std",
-    "DecoupledConfig.eval_every": "post-train epochs between validation "
+    "post_students": "students per protocol (seeds), mean +- std",
+    "post_eval_every": "post-train epochs between validation "
                                   "checks (the epoch is chosen on "
                                   "validation)",
-    "DecoupledConfig.select": "report the validation-selected epoch or the "
+    "post_select": "report the validation-selected epoch or the "
                               "last",
-    "DecoupledConfig.parallel": "students one after another (map, CPU) or "
+    "post_parallel": "students one after another (map, CPU) or "
                                 "side by side (vmap)",
     "eval_hard": "also train hard-label students",
     "eval_random": "also score random real images of the same IPC",

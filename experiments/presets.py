@@ -20,6 +20,9 @@ from typing import Any, Callable
 from distill_jax import config as config_lib
 from distill_jax.methods import rat_bptt
 from distill_jax.methods.decoupled import config as decoupled_config
+from distill_jax.methods.decoupled import posttrain
+from distill_jax.methods.decoupled import recover as recover_lib
+from distill_jax.methods.decoupled import teacher as teacher_lib
 from distill_jax.run import train_pool as pretrain
 from experiments import configs
 
@@ -27,6 +30,9 @@ _replace = dataclasses.replace
 DistillConfig = config_lib.DistillConfig
 RatConfig = rat_bptt.RatConfig
 DecoupledConfig = decoupled_config.DecoupledConfig
+TeacherConfig = teacher_lib.TeacherConfig
+RecoverConfig = recover_lib.RecoverConfig
+PostTrainConfig = posttrain.PostTrainConfig
 
 
 class Presets:
@@ -392,43 +398,50 @@ def _fashion(ipc: int) -> DecoupledConfig:
 
 def _cifar10(ipc: int) -> DecoupledConfig:
   """CIFAR-10 (the offline JPEG copy) on CPU: pad-crop + flip teacher."""
-  return DecoupledConfig(dataset="cifar10", ipc=ipc, val_size=5000,
-                         teacher_epochs=5, teacher_pad_crop=4,
-                         teacher_flip=True, recover_flip=True,
-                         post_flip=True, jitter=4)
+  return DecoupledConfig(
+      dataset="cifar10", ipc=ipc, val_size=5000,
+      teacher=TeacherConfig(epochs=5, pad_crop=4, flip=True),
+      recover=RecoverConfig(flip=True, jitter=4),
+      post=PostTrainConfig(flip=True))
 
 
 def _gpu(dataset: str, ipc: int) -> DecoupledConfig:
   """The papers' CIFAR settings (C.8 item 7, C.5): ResNet-18 teacher 200
-  epochs, ConvNetW128 students, 1000 (SRe2L) / 4000 (CDA, DELT) recover
-  iterations, 400 post-train epochs, T = 30, Mixup, 5 students."""
+  epochs, ConvNetW128 students, 4000 recover iterations, 400 post-train
+  epochs, T = 30, Mixup, 5 students side by side."""
   return DecoupledConfig(
-      dataset=dataset, ipc=ipc, val_size=5000, teacher_arch="resnet18",
-      teacher_epochs=200, teacher_batch=128, teacher_lr=0.1,
-      teacher_pad_crop=4, teacher_flip=True, recover_iterations=4000,
-      recover_batch=0, jitter=4, recover_flip=True, student_width=128,
-      post_epochs=400, temperature=30.0, mix="mixup", post_flip=True,
-      students=5, parallel="vmap")
+      dataset=dataset, ipc=ipc, val_size=5000,
+      teacher=TeacherConfig(arch="resnet18", epochs=200, batch_size=128,
+                            lr=0.1, pad_crop=4, flip=True),
+      recover=RecoverConfig(iterations=4000, jitter=4, flip=True),
+      post=PostTrainConfig(width=128, epochs=400, temperature=30.0,
+                           mix="mixup", flip=True, students=5,
+                           parallel="vmap"))
 
 
 def _decoupled_smoke() -> DecoupledConfig:
   return DecoupledConfig(
       dataset="mnist", ipc=2, val_size=100, train_limit=400,
-      teacher_width=8, teacher_depth=2, teacher_epochs=10, teacher_batch=32,
-      recover_iterations=8, rounds=2, rded_candidates=20, student_width=8,
-      student_depth=2, post_epochs=20, post_lr=0.01, eval_every=10,
-      students=2)
+      rded_candidates=20,
+      teacher=TeacherConfig(width=8, depth=2, epochs=10, batch_size=32),
+      recover=RecoverConfig(iterations=8, rounds=2),
+      post=PostTrainConfig(width=8, depth=2, epochs=20, lr=0.01,
+                           eval_every=10, students=2))
+
+
+def _ipc50(cfg: DecoupledConfig) -> DecoupledConfig:
+  return cfg.replace_flat(recover_iterations=800)
 
 
 DECOUPLED = Presets(
     "fashion_ipc10",
     fashion_ipc10=("Fashion-MNIST, IPC 10, CPU", lambda: _fashion(10)),
     fashion_ipc50=("Fashion-MNIST, IPC 50, CPU",
-                   lambda: _replace(_fashion(50), recover_iterations=800)),
+                   lambda: _ipc50(_fashion(50))),
     cifar10_ipc10=("CIFAR-10 (offline JPEG copy), IPC 10, CPU",
                    lambda: _cifar10(10)),
     cifar10_ipc50=("CIFAR-10 (offline JPEG copy), IPC 50, CPU",
-                   lambda: _replace(_cifar10(50), recover_iterations=800)),
+                   lambda: _ipc50(_cifar10(50))),
     gpu_cifar10_ipc10=("the papers' CIFAR-10 IPC 10 settings, GPU hours",
                        lambda: _gpu("cifar10", 10)),
     gpu_cifar10_ipc50=("the papers' CIFAR-10 IPC 50 settings, GPU hours",

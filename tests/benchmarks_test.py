@@ -162,8 +162,8 @@ class BenchmarkDriverTest(absltest.TestCase):
         j = jax_cfgs[name]
         r = j["recover"]
         self.assertEqual({k: cfg[k] for k in keys}, {k: r[k] for k in keys})
-        self.assertEqual((r["method"], r["batching"], r["per_image_aug"]),
-                         ("sre2l", "cross_class", False))
+        self.assertEqual((r["method"], r["per_image_aug"]), ("sre2l", False))
+        self.assertIn(r["batching"], ("", "cross_class"))  # "": cross_class
         self.assertEqual(cfg["batch_size"], recover_step.CLASSES)
         c, h, w = cfg["shape"]
         self.assertEqual((h, w, c), tuple(j["shape"]))
@@ -192,8 +192,8 @@ class BenchmarkDriverTest(absltest.TestCase):
     import recover_step  # pylint: disable=g-import-not-at-top
     spec = recover_step.recover_spec(
         "fashion_delt_ipc10", "fashion_ipc10", 1, method="delt",
-        batching="class_grouped", ipc=4, recover_iterations=8, rounds=2,
-        teacher_width=8)
+        recover_batching="class_grouped", ipc=4, recover_iterations=8,
+        recover_rounds=2, teacher_width=8)
     r = recover_step.measure(spec)
     self.assertEqual([x["images"] for x in r["rounds"]], [20, 40])
     self.assertGreater(r["median_s"], 0)

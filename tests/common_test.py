@@ -34,7 +34,21 @@ ENTRY_POINTS = {
     "poisoning": common.configs.PoisonConfig,
     "sensitivity": common.configs.SensitivityConfig,
     "table1": common.configs.Table1Config,
+    "decoupled": common.decoupled_config.DecoupledConfig,
 }
+
+
+def _fields(cls, base=None):
+  """(flag name, help key class, field name, default) of every flag."""
+  base = cls() if base is None else base
+  for name, owner, f, default, _ in common.flag_fields(cls, base):
+    yield name, owner, f.name, default
+
+
+def _lookup(table, name, owner, field):
+  if name != field:  # a stage field, keyed by its flag name.
+    return table.get(name)
+  return flag_help.lookup(table, owner.__name__, field)
 
 
 def _flags(module: str, *argv: str) -> tuple[flags.FlagValues, object]:
@@ -62,14 +76,13 @@ class FlagHelpTest(absltest.TestCase):
   def test_every_config_field_has_help(self):
     self.assertCountEqual(set(ENTRY_POINTS.values()), common.CONFIG_CLASSES)
     for cls in common.CONFIG_CLASSES:
-      for f in dataclasses.fields(cls):
-        text = flag_help.lookup(flag_help.HELP, cls.__name__, f.name)
-        self.assertTrue(text, f"{cls.__name__}.{f.name}")
+      for name, owner, field, _ in _fields(cls):
+        text = _lookup(flag_help.HELP, name, owner, field)
+        self.assertTrue(text, f"{cls.__name__} --{name}")
         self.assertNotIn("Config.", text)
 
   def test_help_keys_and_choices_name_real_fields(self):
-    names = {f.name for c in common.CONFIG_CLASSES
-             for f in dataclasses.fields(c)}
+    names = {name for c in common.CONFIG_CLASSES for name, *_ in _fields(c)}
     classes = {c.__name__: c for c in common.CONFIG_CLASSES}
     for key in [*flag_help.HELP, *flag_help.CHOICES]:
       cls, _, field = key.rpartition(".")
@@ -83,15 +96,14 @@ class FlagHelpTest(absltest.TestCase):
     for module, cls in ENTRY_POINTS.items():
       fv, table = _flags(module)
       base = table()
-      for f in dataclasses.fields(cls):
-        flag, where = fv[f.name], f"{module} --{f.name}"
-        choices = flag_help.lookup(flag_help.CHOICES, cls.__name__, f.name)
-        meaning = flag_help.lookup(flag_help.HELP, cls.__name__, f.name)
+      for name, owner, field, want in _fields(cls, base):
+        flag, where = fv[name], f"{module} --{name}"
+        choices = _lookup(flag_help.CHOICES, name, owner, field)
+        meaning = _lookup(flag_help.HELP, name, owner, field)
         self.assertEqual(flag.help, f"<{'|'.join(choices)}>: {meaning}"
                          if choices else meaning, where)
         if choices:
           self.assertEqual(flag.parser.enum_values, list(choices), where)
-        want = getattr(base, f.name)
         got = (tuple(int(v) for v in flag.value)
                if isinstance(want, tuple) else flag.value)
         self.assertEqual(got, want, where)
@@ -164,7 +176,7 @@ class PresetsTest(absltest.TestCase):
   def test_quick_runs_a_fixed_number_of_steps(self):
     cfg = presets.DD_FASHION_MNIST("quick")
     self.assertEqual((cfg.outer_steps, cfg.time_budget_s, cfg.eval_inits),
-                     (1000, 0.0, 50))
+                     (600, 0.0, 50))
 
   def test_entry_points_use_the_tables(self):
     for module in ENTRY_POINTS:

@@ -82,9 +82,10 @@ def test_gpu_preset_at_tiny_size(fake_data, tmp_path):
   proc = _run("decoupled", [
       "--preset=gpu_cifar10_ipc10", "--method=delt", "--dataset=cifar10_subset",
       "--train_limit=300", "--val_size=100", "--teacher_epochs=1",
-      "--teacher_batch=64", "--recover_iterations=8", "--rounds=2",
-      "--ipc=2", "--post_epochs=2", "--eval_every=1", "--students=2",
-      "--student_width=8", "--noeval_random", "--noeval_metrics",
+      "--teacher_batch_size=64", "--recover_iterations=8",
+      "--recover_rounds=2", "--ipc=2", "--post_epochs=2",
+      "--post_eval_every=1", "--post_students=2", "--post_width=8",
+      "--noeval_random", "--noeval_metrics",
       f"--teacher_cache={tmp_path / 'teachers'}"], fake_data, tmp_path)
   assert "test accuracy:" in proc.stdout
   report = json.loads((tmp_path / "wd" / "report.json").read_text())

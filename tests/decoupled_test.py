@@ -157,6 +157,32 @@ class RelabelTest(chex.TestCase):
       chex.assert_tree_all_finite(res["variables"])
 
 
+class ConfigTest(absltest.TestCase):
+
+  def test_stage_fields_by_flag_name(self):
+    cfg = config_lib.DecoupledConfig(method="delt", ipc=4, seed=3)
+    cfg = cfg.replace_flat(teacher_lr=0.1, recover_iterations=40,
+                           post_epochs=7, teacher_cache="/c")
+    self.assertEqual((cfg.teacher.lr, cfg.recover.iterations,
+                      cfg.post.epochs, cfg.teacher_cache),
+                     (0.1, 40, 7, "/c"))
+    r = cfg.recover_cfg()
+    self.assertEqual((r.method, r.ipc, r.seed, r.batch_mode),
+                     ("delt", 4, 3, "class_grouped"))
+    self.assertEqual(cfg.teacher_cfg().seed, 3)
+    self.assertEqual(cfg.post_cfg(labels="hard").labels, "hard")
+    self.assertIn("recover_iterations", cfg.flat())
+    self.assertNotIn("recover_method", cfg.flat())  # set by the run
+    self.assertEqual(config_lib.DecoupledConfig.from_dict(
+        json.loads(cfg.to_json())), cfg)
+    with self.assertRaisesRegex(ValueError, "recover_magic"):
+      cfg.replace_flat(recover_magic=1)
+    with self.assertRaisesRegex(ValueError, "iterations=80 must be a "
+                                "multiple of rounds=3"):
+      config_lib.DecoupledConfig(method="delt").replace_flat(
+          recover_iterations=80, recover_rounds=3).validate()
+
+
 class RecoverTest(chex.TestCase):
 
   @classmethod
@@ -168,6 +194,9 @@ class RecoverTest(chex.TestCase):
 
   def test_batches(self):
     cfg = recover.RecoverConfig(ipc=4)
+    self.assertEqual(cfg.batch_mode, "cross_class")
+    self.assertEqual(dataclasses.replace(cfg, method="delt").batch_mode,
+                     "class_grouped")
     np.testing.assert_array_equal(recover.batches(cfg, 3),
                                   [[0, 4, 8], [1, 5, 9], [2, 6, 10],
                                    [3, 7, 11]])
@@ -231,9 +260,9 @@ class RecoverTest(chex.TestCase):
         self.assertGreater(abs(fd - wrong * gn), 1e3 * 1e-6 * gn)
 
   def test_recover_loop_lowers_the_loss_and_stays_in_range(self):
-    cfg = config_lib.DecoupledConfig(
-        dataset="tiny", ipc=2, val_size=10, recover_iterations=30,
-        teacher_width=8, teacher_depth=2, jitter=1)
+    cfg = config_lib.DecoupledConfig(dataset="tiny", ipc=2, val_size=10)
+    cfg = cfg.replace_flat(recover_iterations=30, teacher_width=8,
+                           teacher_depth=2, recover_jitter=1)
     wd = self.create_tempdir().full_path
     x, info = train_decoupled.recover_images(
         cfg, self.ds, self.teacher, wd, resume=False, show_progress=False)

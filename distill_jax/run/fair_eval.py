@@ -62,7 +62,7 @@ def _cached(cfg, ds, ipc, post, cache_dir: str, log, compute) -> dict:
   IPC, protocol, seed) and kept beside the cached teachers: every method
   of a comparison is scored against the same random-real students."""
   key = hashlib.sha256(json.dumps(
-      {"teacher": teacher_lib.fingerprint(cfg.teacher(), ds), "ipc": ipc,
+      {"teacher": teacher_lib.fingerprint(cfg.teacher_cfg(), ds), "ipc": ipc,
        "protocol": dataclasses.asdict(post), "seed": cfg.seed},
       sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(cache_dir, f"random_real_{key}.json")
@@ -81,13 +81,13 @@ def full_data_student(cfg, ds, teacher, cache_dir: str, log=print):
   """The hard-label student on the whole training set (for HLR and TD):
   the teacher when the architectures agree, else the teacher recipe on
   the student architecture (cached like a teacher)."""
-  tcfg = cfg.teacher()
-  if (cfg.student_arch, cfg.student_width, cfg.student_depth) == (
+  tcfg = cfg.teacher_cfg()
+  if (cfg.post.arch, cfg.post.width, cfg.post.depth) == (
       tcfg.arch, tcfg.width, tcfg.depth):
     return teacher
   return teacher_lib.load_or_train(
-      dataclasses.replace(tcfg, arch=cfg.student_arch,
-                          width=cfg.student_width, depth=cfg.student_depth),
+      dataclasses.replace(tcfg, arch=cfg.post.arch, width=cfg.post.width,
+                          depth=cfg.post.depth),
       ds, cache_dir, log=log)
 
 
@@ -112,15 +112,15 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
   labels = np.asarray(labels, np.int32)
   c = ds.num_classes
   ipc = max(1, len(labels) // c)
-  out = {"protocol": dataclasses.asdict(cfg.post()), "ipc": ipc}
-  log(f"eval: soft-label students ({cfg.labels})")
-  soft = posttrain.train_students(cfg.post(), images, labels, ds, teacher,
+  out = {"protocol": dataclasses.asdict(cfg.post_cfg()), "ipc": ipc}
+  log(f"eval: soft-label students ({cfg.post.labels})")
+  soft = posttrain.train_students(cfg.post_cfg(), images, labels, ds, teacher,
                                   stored)
   out["soft"] = _strip(soft)
   hard = None
   if cfg.eval_hard:
     log("eval: hard-label students")
-    hard = posttrain.train_students(cfg.post(labels="hard"), images, labels,
+    hard = posttrain.train_students(cfg.post_cfg(labels="hard"), images, labels,
                                     ds)
     out["hard"] = _strip(hard)
   rand_soft = rand_hard = None
@@ -129,19 +129,19 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
                               ds.y_train, ipc, c)
     rx = _floats(ds, np.asarray(rx)).reshape(-1, *ds.image_shape)
     ry = np.asarray(ry).reshape(-1)
-    rand_soft = _cached(cfg, ds, ipc, cfg.post(), cache_dir, log, lambda: (
-        posttrain.train_students(cfg.post(), rx, ry, ds, teacher)))
+    rand_soft = _cached(cfg, ds, ipc, cfg.post_cfg(), cache_dir, log, lambda: (
+        posttrain.train_students(cfg.post_cfg(), rx, ry, ds, teacher)))
     out["random_real_soft"] = rand_soft
     if cfg.eval_hard:
       rand_hard = _cached(
-          cfg, ds, ipc, cfg.post(labels="hard"), cache_dir, log,
-          lambda: posttrain.train_students(cfg.post(labels="hard"), rx, ry,
+          cfg, ds, ipc, cfg.post_cfg(labels="hard"), cache_dir, log,
+          lambda: posttrain.train_students(cfg.post_cfg(labels="hard"), rx, ry,
                                            ds))
       out["random_real_hard"] = rand_hard
   for arch in [a for a in cfg.cross_archs.split(",") if a]:
     log(f"eval: cross-architecture students ({arch})")
     out[f"soft_{arch}"] = _strip(posttrain.train_students(
-        cfg.post(arch=arch), images, labels, ds, teacher, stored))
+        cfg.post_cfg(arch=arch), images, labels, ds, teacher, stored))
   if not cfg.eval_metrics:
     return out
   full = full_data_student(cfg, ds, teacher, cache_dir, log)
@@ -157,9 +157,9 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
   out["bytes"] = {
       "images": metrics.image_bytes(images),
       "hard_labels": metrics.label_bytes("hard", num_images=len(labels)),
-      "soft_labels": (soft.get("label_bytes") if cfg.labels == "stored"
+      "soft_labels": (soft.get("label_bytes") if cfg.post.labels == "stored"
                       else teacher_bytes),
-      "soft_label_source": ("stored logits" if cfg.labels == "stored"
+      "soft_label_source": ("stored logits" if cfg.post.labels == "stored"
                             else "online teacher (its parameters)")}
   feats = _features(teacher.model, teacher.variables, images)
   out["diversity"] = metrics.within_class_diversity(feats, labels,

@@ -37,8 +37,8 @@ from distill_jax.run import lock as lock_lib
 from distill_jax.run import loop as loop_lib
 from distill_jax.run import storage
 
-_RUN_CONTROL = ("students", "eval_hard", "eval_random", "eval_metrics",
-                "cross_archs", "teacher_cache")
+_RUN_CONTROL = ("eval_hard", "eval_random", "eval_metrics", "cross_archs",
+                "teacher_cache")
 
 
 def default_cache() -> str:
@@ -55,7 +55,7 @@ def load_data(cfg: config_lib.DecoupledConfig, data_dir=None):
 def recover_images(cfg, ds, teacher, workdir: str, *, resume: bool,
                    show_progress: bool, log=print):
   """The recover loop; returns ((C, IPC, H, W, ch) images, info)."""
-  rcfg = cfg.recover()
+  rcfg = cfg.recover_cfg()
   c = ds.num_classes
   key = jax.random.key(cfg.seed)
   k_init, k_loop = jax.random.split(key)
@@ -138,7 +138,7 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
   t0 = time.time()
   ds = dataset if dataset is not None else load_data(cfg, data_dir)
   cache = cfg.teacher_cache or default_cache()
-  teacher = teacher_lib.load_or_train(cfg.teacher(), ds, cache, log=log)
+  teacher = teacher_lib.load_or_train(cfg.teacher_cfg(), ds, cache, log=log)
   info = {}
   t = time.time()
   if cfg.method in recover.METHODS:
@@ -155,7 +155,7 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
     flat = pixels.quantize_jpeg(x.reshape(-1, *ds.image_shape), ds.mean,
                                 ds.std, quality=cfg.jpeg_quality)
     x = np.asarray(flat, np.float32).reshape(x.shape)
-  spec = cfg.teacher().model_spec(ds)
+  spec = cfg.teacher_cfg().model_spec(ds)
   dset = distilled_set.DistilledSet.from_per_class(
       x, mean=ds.mean, std=ds.std, class_names=ds.class_names,
       dataset=ds.name, method=cfg.method,
@@ -211,7 +211,7 @@ def evaluate_file(cfg: config_lib.DecoupledConfig, workdir: str, *,
                        f"{ds.name} has {ds.image_shape}; set --image_size/"
                        "--channels to the set's.")
     cache = cfg.teacher_cache or default_cache()
-    teacher = teacher_lib.load_or_train(cfg.teacher(), ds, cache, log=log)
+    teacher = teacher_lib.load_or_train(cfg.teacher_cfg(), ds, cache, log=log)
     ev = fair_eval.evaluate(cfg, dset.images, dset.labels, ds, teacher,
                             cache_dir=cache, log=log)
     report = {"distilled": distilled, "method": dset.method,

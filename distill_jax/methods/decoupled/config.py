@@ -1,9 +1,13 @@
-"""`DecoupledConfig`: one flat, validated configuration of a decoupled run.
+"""`DecoupledConfig`: a decoupled run and its evaluation, validated.
 
-Squeeze (teacher_*), recover (recover_*, rded_*), relabel and post-train
-(post_* and the label fields) and the fair evaluation (eval_*). Flat, so
-that every field is one command-line flag; `teacher()`, `recover()` and
-`post()` build the stage configurations.
+The run's own fields (method, data, IPC, seed, evaluation options) and one
+configuration per stage: `teacher` (squeeze, `teacher.TeacherConfig`),
+`recover` (`recover.RecoverConfig`) and `post` (relabel and post-train,
+`posttrain.PostTrainConfig`). Each stage field is written once, in its
+stage's class; the command line flattens them with a prefix
+(`--teacher_lr`, `--recover_iterations`, `--post_epochs`; `NESTED`). The
+stages' method, IPC and seed come from the run (`teacher_cfg()`,
+`recover_cfg()`, `post_cfg()`).
 """
 
 import dataclasses
@@ -14,6 +18,11 @@ from distill_jax.methods.decoupled import recover as recover_lib
 from distill_jax.methods.decoupled import teacher as teacher_lib
 
 METHODS = ("sre2l", "cda", "delt", "rded", "random_real")
+
+# Stage field -> (flag prefix, its fields set by the run, not by flags).
+NESTED = {"teacher": ("teacher_", ("seed",)),
+          "recover": ("recover_", ("method", "ipc", "seed")),
+          "post": ("post_", ("seed",))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,63 +36,17 @@ class DecoupledConfig:
   channels: int = 0
   train_limit: int = 0
   seed: int = 0
-  # Squeeze.
-  teacher_arch: str = "convnet_bn"
-  teacher_width: int = 64
-  teacher_depth: int = 3
-  teacher_epochs: float = 2.0
-  teacher_batch: int = 256
-  teacher_optimizer: str = "sgd"
-  teacher_lr: float = 0.05
-  teacher_weight_decay: float = 5e-4
-  teacher_pad_crop: int = 0
-  teacher_flip: bool = False
+  teacher: teacher_lib.TeacherConfig = dataclasses.field(
+      default_factory=teacher_lib.TeacherConfig)
   teacher_cache: str = ""  # "" = ~/.cache/distill_jax/teachers
-  # Recover (SRe2L, CDA, DELT).
-  recover_iterations: int = 1000
-  recover_lr: float = 0.25
-  r_bn: float = 0.01
-  first_bn_multiplier: float = 10.0
-  batching: str = ""  # "": DELT class_grouped, else cross_class
-  recover_batch: int = 0
-  per_image_aug: bool = False
-  recover_crop: bool = True
-  recover_min_scale: float = 0.25
-  recover_flip: bool = False
-  jitter: int = 2
-  cda_mode: str = "cosine"
-  milestone: float = 1.0
-  recover_init: str = ""
-  rounds: int = 8
+  recover: recover_lib.RecoverConfig = dataclasses.field(
+      default_factory=recover_lib.RecoverConfig)
   jpeg_quality: int = 0  # > 0: JPEG round trip of the output (faithful).
-  # RDED.
   rded_factor: int = 1
   rded_crops: int = 5
   rded_candidates: int = 300
-  # Relabel and post-train.
-  student_arch: str = "convnet_bn"
-  student_width: int = 64
-  student_depth: int = 3
-  labels: str = "online"
-  teacher_bn: str = "eval"
-  stored_topk: int = 0
-  post_epochs: int = 300
-  post_batch: int = 0
-  post_optimizer: str = "adamw"
-  post_lr: float = 1e-3
-  post_weight_decay: float = 0.01
-  post_schedule: str = "cosine"
-  temperature: float = 20.0
-  t_squared: bool = False
-  mix: str = "cutmix"
-  post_crop: bool = True
-  post_min_scale: float = 0.25
-  post_flip: bool = False
-  students: int = 3
-  eval_every: int = 25
-  select: str = "val"
-  parallel: str = "map"
-  # Fair evaluation.
+  post: posttrain.PostTrainConfig = dataclasses.field(
+      default_factory=posttrain.PostTrainConfig)
   eval_hard: bool = True
   eval_random: bool = True
   eval_metrics: bool = True
@@ -102,53 +65,68 @@ class DecoupledConfig:
         self.rded_candidates < self.ipc * self.rded_factor ** 2:
       raise ValueError("rded_factor and rded_crops must be >= 1 and "
                        "rded_candidates >= ipc * rded_factor^2.")
-    if self.jpeg_quality < 0 or self.jpeg_quality > 100:
+    if not 0 <= self.jpeg_quality <= 100:
       raise ValueError(f"jpeg_quality={self.jpeg_quality} must be in "
                        "[0, 100] (0: off).")
-    self.teacher()
-    self.recover()
-    self.post()
+    self.recover_cfg()
     return self
 
-  def teacher(self) -> teacher_lib.TeacherConfig:
-    return teacher_lib.TeacherConfig(
-        arch=self.teacher_arch, width=self.teacher_width,
-        depth=self.teacher_depth, epochs=self.teacher_epochs,
-        batch_size=self.teacher_batch, optimizer=self.teacher_optimizer,
-        lr=self.teacher_lr, weight_decay=self.teacher_weight_decay,
-        pad_crop=self.teacher_pad_crop, flip=self.teacher_flip,
-        seed=self.seed)
+  def teacher_cfg(self) -> teacher_lib.TeacherConfig:
+    return dataclasses.replace(self.teacher, seed=self.seed)
 
-  def recover(self) -> recover_lib.RecoverConfig:
+  def recover_cfg(self) -> recover_lib.RecoverConfig:
     method = self.method if self.method in recover_lib.METHODS else "sre2l"
-    return recover_lib.RecoverConfig(
-        method=method, ipc=self.ipc, iterations=self.recover_iterations,
-        lr=self.recover_lr, r_bn=self.r_bn,
-        first_bn_multiplier=self.first_bn_multiplier,
-        batching=self.batching or (
-            "class_grouped" if method == "delt" else "cross_class"),
-        batch_size=self.recover_batch,
-        per_image_aug=self.per_image_aug, crop=self.recover_crop,
-        min_scale=self.recover_min_scale, flip=self.recover_flip,
-        jitter=self.jitter, cda_mode=self.cda_mode,
-        milestone=self.milestone, init=self.recover_init,
-        rounds=self.rounds, seed=self.seed)
+    return dataclasses.replace(self.recover, method=method, ipc=self.ipc,
+                               seed=self.seed)
 
-  def post(self, **overrides) -> posttrain.PostTrainConfig:
-    kw = dict(
-        arch=self.student_arch, width=self.student_width,
-        depth=self.student_depth, labels=self.labels,
-        epochs=self.post_epochs, batch_size=self.post_batch,
-        optimizer=self.post_optimizer, lr=self.post_lr,
-        weight_decay=self.post_weight_decay, schedule=self.post_schedule,
-        temperature=self.temperature, t_squared=self.t_squared,
-        mix=self.mix, crop=self.post_crop, min_scale=self.post_min_scale,
-        flip=self.post_flip, teacher_bn=self.teacher_bn,
-        stored_topk=self.stored_topk, students=self.students,
-        eval_every=min(self.eval_every, self.post_epochs),
-        select=self.select, parallel=self.parallel, seed=self.seed)
-    kw.update(overrides)
-    return posttrain.PostTrainConfig(**kw)
+  def post_cfg(self, **overrides) -> posttrain.PostTrainConfig:
+    return dataclasses.replace(
+        self.post, seed=self.seed,
+        eval_every=min(self.post.eval_every, self.post.epochs), **overrides)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+  def flat(self) -> dict:
+    """{flag name: value} of every field, stage fields prefixed."""
+    out = {}
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if f.name in NESTED:
+        prefix, from_run = NESTED[f.name]
+        for g in dataclasses.fields(value):
+          if g.name not in from_run:
+            out[prefix + g.name] = getattr(value, g.name)
+      else:
+        out[f.name] = value
+    return out
+
+  def replace_flat(self, **overrides) -> "DecoupledConfig":
+    """A copy with fields given by flag name (`--teacher_lr` -> teacher.lr)."""
+    known = self.flat()
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+      raise ValueError(f"unknown DecoupledConfig fields {unknown}.")
+    top, stages = {}, {k: {} for k in NESTED}
+    for name, value in overrides.items():
+      for stage, (prefix, from_run) in NESTED.items():
+        sub = name[len(prefix):]
+        if name.startswith(prefix) and sub not in from_run and sub in {
+            g.name for g in dataclasses.fields(getattr(self, stage))}:
+          stages[stage][sub] = value
+          break
+      else:
+        top[name] = value
+    for stage, changes in stages.items():
+      if changes:
+        top[stage] = dataclasses.replace(getattr(self, stage), **changes)
+    return dataclasses.replace(self, **top)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DecoupledConfig":
+    """Inverse of `dataclasses.asdict` (config.json)."""
+    kinds = {"teacher": teacher_lib.TeacherConfig,
+             "recover": recover_lib.RecoverConfig,
+             "post": posttrain.PostTrainConfig}
+    return cls(**{k: (kinds[k](**v) if k in kinds else v)
+                  for k, v in d.items()})

@@ -50,13 +50,13 @@ class RecoverConfig:
   lr: float = 0.25
   r_bn: float = 0.01
   first_bn_multiplier: float = 10.0
-  batching: str = "cross_class"
+  batching: str = ""  # "": DELT class_grouped, the others cross_class.
   batch_size: int = 0  # class_grouped: images per batch (0: one class).
   per_image_aug: bool = False  # False: one draw per batch (released code).
   crop: bool = True
-  min_scale: float = 0.08  # RRC scale floor (CDA's curriculum ends here).
+  min_scale: float = 0.25  # RRC scale floor (C.7 at 28 px; released 0.08).
   flip: bool = False
-  jitter: int = 2  # roll by U{-jitter..jitter} pixels; 0: off.
+  jitter: int = 2  # roll by U{0..jitter} pixels (torch.roll); 0: off.
   cda_mode: str = "cosine"
   milestone: float = 1.0
   init: str = ""  # "" = the method's (noise; DELT: real_medium).
@@ -64,7 +64,7 @@ class RecoverConfig:
   seed: int = 0
 
   def __post_init__(self):
-    for name, allowed in (("method", METHODS), ("batching", BATCHING),
+    for name, allowed in (("method", METHODS), ("batching", ("",) + BATCHING),
                           ("cda_mode", schedules.MODES)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; choose one of "
@@ -80,6 +80,11 @@ class RecoverConfig:
       raise ValueError("min_scale must be in (0, 1] and lr > 0.")
 
   @property
+  def batch_mode(self) -> str:
+    return self.batching or ("class_grouped" if self.method == "delt"
+                             else "cross_class")
+
+  @property
   def init_mode(self) -> str:
     return self.init or ("real_medium" if self.method == "delt" else "noise")
 
@@ -93,7 +98,7 @@ def batches(cfg: RecoverConfig, num_classes: int) -> np.ndarray:
   """(num_batches, B) flat indices (class c, slot j) -> c * IPC + j."""
   c, ipc = num_classes, cfg.ipc
   flat = np.arange(c * ipc).reshape(c, ipc)
-  if cfg.batching == "cross_class":
+  if cfg.batch_mode == "cross_class":
     return flat.T.copy()  # batch j: slot j of every class.
   size = cfg.batch_size or ipc
   if size % ipc or (c * ipc) % size:
