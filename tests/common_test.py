@@ -176,7 +176,7 @@ class PresetsTest(absltest.TestCase):
   def test_quick_runs_a_fixed_number_of_steps(self):
     cfg = presets.DD_FASHION_MNIST("quick")
     self.assertEqual((cfg.outer_steps, cfg.time_budget_s, cfg.eval_inits),
-                     (600, 0.0, 50))
+                     (1000, 0.0, 50))
 
   def test_entry_points_use_the_tables(self):
     for module in ENTRY_POINTS:

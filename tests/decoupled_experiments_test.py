@@ -2,12 +2,15 @@
 (subprocesses, seconds each) and writes a fair-evaluation report."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import distill_jax
 from tests.experiments_test import _run
+from tests.experiments_test import ROOT
 from tests.experiments_test import assert_one_line_error
 from tests.experiments_test import fake_data  # pylint: disable=unused-import
 
@@ -47,6 +50,14 @@ def test_decoupled_smoke(method, fake_data, tmp_path):
     assert rows[-1]["step"] == 8 and np.isfinite(rows[-1]["loss"])
   # The teacher is trained once and reused.
   assert len(list(cache.glob("teacher_*.npz"))) >= 1
+  if method == "rded":  # the comparison table and plot of runs.
+    out = tmp_path / "table"
+    subprocess.run([sys.executable, "-m", "experiments.decoupled_table",
+                    f"--runs={wd},{wd}", f"--out={out}"], cwd=ROOT,
+                   check=True, capture_output=True, timeout=120)
+    rows = (out / "table.md").read_text().splitlines()
+    assert len(rows) == 5 and rows[2].startswith("| rded |")
+    assert (out / "comparison.png").stat().st_size > 1000
 
 
 def test_decoupled_bad_flag(fake_data, tmp_path):

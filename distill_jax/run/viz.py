@@ -78,3 +78,32 @@ def line_plot(path: str, series: dict, xlabel: str, ylabel: str,
   fig.savefig(tmp, dpi=110, bbox_inches="tight")
   plt.close(fig)
   os.replace(tmp, path)
+
+
+def bar_plot(path: str, groups: dict, series: tuple[str, ...],
+             ylabel: str, title: str = "") -> None:
+  """Saves grouped bars; `groups` maps a group (e.g. a method) to
+  {series name: (mean, std)}; `series` orders the bars of a group."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  names = list(groups)
+  width = 0.8 / max(1, len(series))
+  fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names), 3.2))
+  for i, s in enumerate(series):
+    xs = np.arange(len(names)) + (i - (len(series) - 1) / 2) * width
+    ms = [groups[n].get(s, (np.nan, 0))[0] for n in names]
+    es = [groups[n].get(s, (np.nan, 0))[1] for n in names]
+    ax.bar(xs, ms, width, yerr=es, capsize=2, label=s)
+  ax.set_xticks(np.arange(len(names)), names)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=8)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.png"  # written whole, then renamed (atomic)
+  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
