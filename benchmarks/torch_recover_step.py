@@ -31,10 +31,10 @@ IPC x `batch_median_s` is the unit of `recover_step.py` (one iteration
 over all C x IPC images). Needs `pip install torch` (torchvision optional;
 neither is a dependency of distill_jax):
 
-  python3 -m venv /work/torchvenv
-  /work/torchvenv/bin/pip install torch torchvision \
+  python3 -m venv /tmp/torchvenv
+  /tmp/torchvenv/bin/pip install torch torchvision \
       --index-url https://download.pytorch.org/whl/cpu
-  /work/torchvenv/bin/python benchmarks/torch_recover_step.py --runs=50 \
+  /tmp/torchvenv/bin/python benchmarks/torch_recover_step.py --runs=50 \
       --compare=/tmp/recover_step.json --out=/tmp/torch_recover_step.json
 
 Other work on the cores: PyTorch's OpenMP threads spin at every barrier, and
@@ -84,8 +84,8 @@ def _import_torch():
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     sys.exit(f"torch_recover_step.py needs PyTorch ({e}); install it in a "
-             "separate environment, e.g. `python3 -m venv /work/torchvenv "
-             "&& /work/torchvenv/bin/pip install torch torchvision "
+             "separate environment, e.g. `python3 -m venv /tmp/torchvenv "
+             "&& /tmp/torchvenv/bin/pip install torch torchvision "
              "--index-url https://download.pytorch.org/whl/cpu` (or `pip "
              "install torch`; not a dependency of distill_jax).")
   return torch

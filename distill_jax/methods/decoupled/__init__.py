@@ -3,7 +3,7 @@
 SRe2L, CDA and DELT (later G-VBSM and SC-DD) train a teacher, optimise
 synthetic pixels so that a frozen teacher's BN-input statistics match its
 running statistics (plus CE), relabel augmented crops with the teacher and
-post-train students with KD (`/work/shared/reference/METHODS.md` Part C).
+post-train students with KD (METHODS.md Part C).
 
   * `terms`     composable recover loss terms (CE, BN matching, priors);
   * `schedules` recover lr, CDA crop curriculum, DELT rounds and init order;
