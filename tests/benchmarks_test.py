@@ -22,25 +22,30 @@ def _run(script, *args):
 class BenchmarkDriverTest(absltest.TestCase):
 
   def test_unknown_configuration_is_named(self):
-    for script in ("meta_step.py", "rat_bptt_step.py", "torch_step.py"):
-      proc = _run(script, "--only=nope", "--out=/dev/null")
-      self.assertNotEqual(proc.returncode, 0)
-      self.assertIn("unknown configurations ['nope']", proc.stderr)
-      self.assertIn("choose from", proc.stderr)
+    for script in ("meta_step.py", "rat_bptt_step.py", "torch_step.py",
+                   "recover_step.py", "torch_recover_step.py"):
+      with self.subTest(script):
+        proc = _run(script, "--only=nope", "--out=/dev/null")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("unknown configurations ['nope']", proc.stderr)
+        self.assertIn("choose from", proc.stderr)
 
-  def test_torch_step_without_torch_names_the_fix(self):
-    with tempfile.TemporaryDirectory() as d:
-      os.makedirs(os.path.join(d, "torch"))
-      with open(os.path.join(d, "torch", "__init__.py"), "w") as f:
-        f.write("raise ImportError('No module named torch')\n")
-      proc = subprocess.run(
-          [sys.executable, os.path.join(ROOT, "benchmarks", "torch_step.py"),
-           "--only=ref_fashion", "--out=/dev/null"],
-          capture_output=True, text=True, check=False, cwd=ROOT,
-          env={**os.environ, "PYTHONPATH": d})
-    self.assertNotEqual(proc.returncode, 0)
-    self.assertIn("pip install torch higher", proc.stderr)
-    self.assertNotIn("Traceback", proc.stderr)
+  def test_torch_scripts_without_torch_name_the_fix(self):
+    for script, only, fix in (
+        ("torch_step.py", "ref_fashion", "pip install torch higher"),
+        ("torch_recover_step.py", "fashion_sre2l_ipc10", "pip install torch")):
+      with self.subTest(script), tempfile.TemporaryDirectory() as d:
+        os.makedirs(os.path.join(d, "torch"))
+        with open(os.path.join(d, "torch", "__init__.py"), "w") as f:
+          f.write("raise ImportError('No module named torch')\n")
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "benchmarks", script),
+             f"--only={only}", "--out=/dev/null"],
+            capture_output=True, text=True, check=False, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": d})
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn(fix, proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
 
   def test_torch_step_settings_match_the_jax_benchmark(self):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -122,29 +127,6 @@ class BenchmarkDriverTest(absltest.TestCase):
     self.assertAlmostEqual(flops[0] / 1e9, r["gflop_per_step"], places=2)
     self.assertGreater(flops[1], flops[0])
     self.assertLess(flops[1], 2 * flops[0])
-
-  def test_recover_scripts_name_unknown_configurations(self):
-    for script in ("recover_step.py", "torch_recover_step.py"):
-      with self.subTest(script):
-        proc = _run(script, "--only=nope", "--out=/dev/null")
-        self.assertNotEqual(proc.returncode, 0)
-        self.assertIn("unknown configurations ['nope']", proc.stderr)
-        self.assertIn("choose from", proc.stderr)
-
-  def test_torch_recover_step_without_torch_names_the_fix(self):
-    with tempfile.TemporaryDirectory() as d:
-      os.makedirs(os.path.join(d, "torch"))
-      with open(os.path.join(d, "torch", "__init__.py"), "w") as f:
-        f.write("raise ImportError('No module named torch')\n")
-      proc = subprocess.run(
-          [sys.executable,
-           os.path.join(ROOT, "benchmarks", "torch_recover_step.py"),
-           "--only=fashion_sre2l_ipc10", "--out=/dev/null"],
-          capture_output=True, text=True, check=False, cwd=ROOT,
-          env={**os.environ, "PYTHONPATH": d})
-    self.assertNotEqual(proc.returncode, 0)
-    self.assertIn("pip install torch", proc.stderr)
-    self.assertNotIn("Traceback", proc.stderr)
 
   def test_torch_recover_settings_match_the_jax_benchmark(self):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))

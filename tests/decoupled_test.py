@@ -87,14 +87,24 @@ class TeacherTest(chex.TestCase):
     chex.assert_trees_all_close(got["batch_stats"], stats, rtol=1e-6)
 
 
+_SHARED = {}
+
+
+def _trained():
+  """(dataset, teacher) trained once for the module."""
+  if not _SHARED:
+    ds = _ds()
+    _SHARED["v"] = ds, teacher_lib.load_or_train(
+        _teacher_cfg(), ds, tempfile.mkdtemp(), log=lambda *a: None)
+  return _SHARED["v"]
+
+
 class RelabelTest(chex.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.ds = _ds()
-    cls.teacher = teacher_lib.load_or_train(
-        _teacher_cfg(), cls.ds, tempfile.mkdtemp(), log=lambda *a: None)
+    cls.ds, cls.teacher = _trained()
 
   def test_stored_labels_reproduce_the_online_teacher(self):
     x = jnp.asarray(self.ds.x_train[:12])
@@ -188,9 +198,7 @@ class RecoverTest(chex.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.ds = _ds()
-    cls.teacher = teacher_lib.load_or_train(
-        _teacher_cfg(), cls.ds, tempfile.mkdtemp(), log=lambda *a: None)
+    cls.ds, cls.teacher = _trained()
 
   def test_batches(self):
     cfg = recover.RecoverConfig(ipc=4)
