@@ -14,6 +14,8 @@ import dataclasses
 import json
 from typing import Any
 
+from distill_jax.data import registry as data_registry
+
 ARCHS = ("lenet", "alexcifarnet", "convnet", "mlp")
 INITS = ("xavier", "he", "lecun", "torch")
 INIT_MODES = ("fixed", "random", "fixed_pretrained", "random_pretrained")
@@ -124,6 +126,7 @@ class DistillConfig:
 
   def validate(self) -> "DistillConfig":
     """Raises ValueError naming the bad field and its allowed values."""
+    data_registry.check_name(self.dataset)  # a name or a path (no I/O).
     _choice("arch", self.arch, ARCHS)
     _choice("init", self.init, INITS)
     _choice("init_mode", self.init_mode, INIT_MODES)

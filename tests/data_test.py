@@ -11,6 +11,8 @@ import pytest
 from distill_jax import data as data_api
 from distill_jax.data import datasets as data
 from distill_jax.data import local as local_datasets
+from distill_jax.data import registry
+from distill_jax.data import tfds_source
 from distill_jax.data import transforms
 from tests import test_utils
 
@@ -250,6 +252,7 @@ def test_missing_dataset_message(tmp_path):
               data_dir=str(tmp_path / 'tfds'))
   assert isinstance(e.value, FileNotFoundError)
   msg = str(e.value)
+  assert '\n' not in msg  # printed as one `error:` line.
   for needle in ('manual_dir', '--data_dir', 'DISTILL_JAX_DATA_DIR',
                  'fashion_mnist/', 'train-images-idx3-ubyte.gz',
                  'apt-get install dataset-fashion-mnist',
@@ -270,8 +273,24 @@ def test_corrupt_local_file_is_value_error(tmp_path):
 
 
 def test_unknown_name():
-  with pytest.raises(ValueError, match='supported: .*mnist.*svhn_cropped'):
-    data.load('imagenet')
+  # Not in the TFDS catalogue: one line listing the names and how to add one.
+  with pytest.raises(ValueError) as e:
+    data.load('nosuchset')
+  msg = str(e.value)
+  assert '\n' not in msg and msg.startswith("dataset 'nosuchset' is not")
+  for needle in ('mnist, fashion_mnist, usps, cifar10, cifar10_subset',
+                 'cifar100', 'emnist/balanced', 'imagenet2012',
+                 'a path to an .npz or an image folder', 'To add a dataset',
+                 'x_train, y_train, x_test, y_test', 'train/<class>/*.png'):
+    assert needle in msg, needle
+  # Not even a name (checked without TFDS); a close name is suggested.
+  with pytest.raises(ValueError, match="'MNIST' is neither.*did you mean "
+                     "'mnist'"):
+    data.load('MNIST')
+  with pytest.raises(ValueError, match="not a valid TFDS builder"):
+    data.load('emnist/nosuchconfig')
+  with pytest.raises(ValueError, match="not an image-classification"):
+    data.load('imdb_reviews')
   assert 'cifar10_subset' in data.available()
 
 
@@ -283,6 +302,104 @@ def test_online_path_with_mock_data(tmp_path):
   assert ds.x_train.shape == (10, 28, 28, 1) and ds.x_val.shape[0] == 2
   assert ds.x_test.shape == (12, 28, 28, 1)
   assert ds.mean == (0.1307,)
+
+
+# Any TFDS image-classification dataset by name (mocked: no network).
+
+
+def test_tfds_names_with_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  kw = dict(data_dir=str(tmp_path / 'tfds'))
+  with tfds.testing.mock_data(num_examples=6):
+    c100 = data.load('cifar100', **kw)
+    emnist = data.load('emnist/balanced', val_size=2, **kw)
+    corrupted = data.load('mnist_corrupted/shot_noise', **kw)
+    raw = data.load('mnist_corrupted/shot_noise', pixels='uint8', **kw)
+  # Shape, class count and names from the builder's info.
+  assert c100.image_shape == (32, 32, 3) and c100.num_classes == 100
+  assert len(c100.class_names) == 100 and c100.source == 'tfds:cifar100'
+  assert (c100.mean, c100.std) == registry.CIFAR100_STATS  # known table.
+  assert emnist.image_shape == (28, 28, 1) and emnist.num_classes == 47
+  assert emnist.x_train.shape[0] == 4 and emnist.x_val.shape[0] == 2
+  # Not in the table: computed on the training split, stored in the set.
+  assert 'mnist_corrupted/shot_noise' not in data.available()
+  x01 = raw.x_train.astype(np.float64) / 255
+  np.testing.assert_allclose(corrupted.mean, [x01.mean()], rtol=1e-9)
+  np.testing.assert_allclose(corrupted.std, [x01.std()], rtol=1e-9)
+  np.testing.assert_allclose(
+      corrupted.x_train, (x01 - x01.mean()) / x01.std(), atol=1e-5)
+
+
+def test_tfds_varying_sizes_need_image_size(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  kw = dict(data_dir=str(tmp_path / 'tfds'))
+  with tfds.testing.mock_data(num_examples=5):
+    with pytest.raises(ValueError, match='varying size.*pass image_size=N'
+                       ) as e:
+      data.load('imagenette/160px-v2', **kw)
+    assert '\n' not in str(e.value)
+    ds = data.load('imagenette/160px-v2', image_size=(12, 10), **kw)
+  assert ds.image_shape == (12, 10, 3) and ds.num_classes == 10
+  assert ds.class_names[0] == 'n01440764'
+
+
+def test_tfds_manual_dir(tmp_path, monkeypatch):
+  """imagenet2012's manual download: <manual_dir>/imagenet2012/ (or the
+  folder itself) reaches the builder's download config."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'manual' / 'imagenet2012').mkdir(parents=True)
+  seen = []
+  with tfds.testing.mock_data(num_examples=4):
+    real = tfds.core.DatasetBuilder.download_and_prepare
+    def spy(self, *args, download_config=None, **kwargs):
+      seen.append(download_config.manual_dir)
+      return real(self, *args, download_config=download_config, **kwargs)
+    with monkeypatch.context() as m:  # undone before mock_data exits.
+      m.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', spy)
+      ds = data.load('imagenet2012', manual_dir=str(tmp_path / 'manual'),
+                     image_size=8, data_dir=str(tmp_path / 'tfds'))
+  assert [os.fspath(p) for p in seen] == [
+      str(tmp_path / 'manual' / 'imagenet2012')]
+  assert ds.num_classes == 1000 and ds.mean == registry.IMAGENET_STATS[0]
+  assert tfds_source.manual_dir_for(
+      [None, str(tmp_path)], 'imagenet2012') == str(tmp_path)
+  # Offline without a prepared copy: one line naming what was tried.
+  with pytest.raises(data.DatasetNotFoundError,
+                     match="not prepared in .* and download=False") as e:
+    data.load('cifar100', download=False, data_dir=str(tmp_path / 'none'))
+  assert '\n' not in str(e.value)
+
+
+def _fake_builder(splits, n=10, k=2):
+  """A prepared builder stand-in: `splits` are its split names."""
+  import types  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  examples = {s: [{'image': rng.integers(0, 256, (3, 3), np.uint8),
+                   'label': i % k} for i in range(n)] for s in splits}
+  label = types.SimpleNamespace(names=[f'c{i}' for i in range(k)])
+  info = types.SimpleNamespace(splits=dict.fromkeys(splits),
+                               features={'label': label})
+  builder = types.SimpleNamespace(info=info,
+                                  as_data_source=examples.__getitem__)
+  return builder, examples
+
+
+def test_read_builder_chooses_the_test_split():
+  meta = tfds_source.Meta('image', 'label', (3, 3, 1), np.dtype(np.uint8), 2,
+                          ('c0', 'c1'))
+  builder, examples = _fake_builder(('train', 'validation'))
+  raw = tfds_source.read_builder(builder, 'tfds:x', meta)
+  want = np.stack([e['image'] for e in examples['validation']])[..., None]
+  np.testing.assert_array_equal(raw.x_test, want)
+  assert raw.class_names == ('c0', 'c1') and raw.source == 'tfds:x'
+  # Only a train split: a seeded fifth of each class is the test split.
+  builder, examples = _fake_builder(('train',))
+  raw = tfds_source.read_builder(builder, 'tfds:x', meta)
+  np.testing.assert_array_equal(np.bincount(raw.y_test), [1, 1])
+  assert len(raw.y_train) == 8 and 'seeded hold-out' in raw.source
+  x = np.stack([e['image'] for e in examples['train']])[..., None]
+  y = np.arange(10) % 2
+  np.testing.assert_array_equal(raw.x_test, data_api.holdout_test(x, y)[2])
 
 
 # Helpers.
@@ -413,8 +530,8 @@ def test_clear_cache_rereads(tmp_path, monkeypatch):
             data_dir=str(tmp_path / 'tfds'))
   first = data.load('mnist', **kw)
   calls = []
-  real = data._from_builder
-  monkeypatch.setattr(data, '_from_builder',
+  real = tfds_source.read_builder
+  monkeypatch.setattr(tfds_source, 'read_builder',
                       lambda *a: calls.append(1) or real(*a))
   data.load('mnist', **kw)
   assert not calls  # cached.

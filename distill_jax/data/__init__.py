@@ -1,19 +1,30 @@
-"""Data: datasets (local copies or TFDS), transforms, splits, augmentation, ZCA.
+"""Data: datasets (local copies, TFDS, the user's own files), transforms,
+splits, augmentation, ZCA.
 
 `from distill_jax import data` gives the loader and the array helpers:
-`data.load(name, ...)`, `data.Dataset`, `data.decode`, `data.normalize`,
-`data.split_validation`, ...; augmentation and ZCA are the submodules
-`distill_jax.data.augment` and `distill_jax.data.zca`.
+`data.load(name, ...)` (a local builder, any TFDS image-classification
+name, or a path to an .npz / image folder), `data.Dataset`, `data.decode`,
+`data.normalize`, `data.split_validation`, ...; augmentation and ZCA are the
+submodules `distill_jax.data.augment` and `distill_jax.data.zca`.
+
+Modules: `datasets` (`load`), `registry` (the names and their errors),
+`tfds_source` (TFDS builders by name), `prepared` and `local` (local copies
+and their builders), `readers` (local file formats), `user` (the user's
+own .npz files and image folders), `base` (`Dataset`, errors),
+`transforms`, `splits`.
 """
 
 from distill_jax.data.datasets import available
 from distill_jax.data.datasets import clear_cache
+from distill_jax.data.datasets import DataFileError
 from distill_jax.data.datasets import Dataset
 from distill_jax.data.datasets import DatasetNotFoundError
 from distill_jax.data.datasets import ENV_DATA_DIR
 from distill_jax.data.datasets import load
 from distill_jax.data.datasets import load_for
 from distill_jax.data.datasets import source_fingerprint
+from distill_jax.data.registry import check_name
+from distill_jax.data.splits import holdout_test
 from distill_jax.data.splits import class_balanced_indices
 from distill_jax.data.splits import split_validation
 from distill_jax.data.splits import stratified_subset
@@ -27,7 +38,9 @@ from distill_jax.data.transforms import resize
 
 __all__ = [
     "available",
+    "check_name",
     "clear_cache",
+    "DataFileError",
     "Dataset",
     "DatasetNotFoundError",
     "ENV_DATA_DIR",
@@ -35,6 +48,7 @@ __all__ = [
     "load_for",
     "source_fingerprint",
     "class_balanced_indices",
+    "holdout_test",
     "split_validation",
     "stratified_subset",
     "aligned_empty",

@@ -77,3 +77,37 @@ def stratified_subset(x, y, n: int, seed: int):
   (never just the first ``n``: local copies are often sorted by class)."""
   _, _, xs, ys = split_validation(x, y, n, seed)
   return xs, ys
+
+
+TEST_FRACTION = 0.2  # of each class, for sources without a test split.
+TEST_SEED = 0  # fixed: the test split does not change with a run's seed.
+
+
+def holdout_test(x, y, fraction: float = TEST_FRACTION,
+                 seed: int = TEST_SEED):
+  """Takes a test split out of a source that has only a train split.
+
+  Of each class with ``n`` examples, ``floor(fraction * n)`` drawn at
+  random (numpy ``default_rng(seed)``) become test examples, so every class
+  keeps most of its examples for training and the split is the same on
+  every run and machine (classes of fewer than ``1 / fraction`` examples
+  give none).
+
+  Args:
+    x: images (N, ...).
+    y: integer labels (N,).
+    fraction: share of each class held out.
+    seed: seed of the draw.
+
+  Returns:
+    ``(x_train, y_train, x_test, y_test)``, disjoint, each in the original
+    order.
+  """
+  y = np.asarray(y)
+  rng = np.random.default_rng(seed)
+  test = np.zeros(len(y), bool)
+  for c in np.unique(y):
+    idx = np.flatnonzero(y == c)
+    k = int(fraction * len(idx) + 1e-9)  # floor, robust to 0.2 * 15.
+    test[rng.choice(idx, k, replace=False)] = True
+  return x[~test], y[~test], x[test], y[test]

@@ -39,6 +39,7 @@ import optax
 
 from distill_jax import config as config_lib
 from distill_jax import data
+from distill_jax.data import registry as data_registry
 from distill_jax.core import inner_opt
 from distill_jax.core import meta
 from distill_jax.core import outer
@@ -138,6 +139,7 @@ class RatConfig:
 
   def validate(self) -> "RatConfig":
     """Raises ValueError naming the bad field and the fix."""
+    data_registry.check_name(self.dataset)  # a name or a path (no I/O).
     for name, allowed in (("arch", config_lib.ARCHS),
                           ("init", config_lib.INITS),
                           ("norm", config_lib.NORMS),

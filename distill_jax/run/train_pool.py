@@ -112,7 +112,8 @@ def run(cfg: PretrainConfig, workdir: str, *, dataset=None, data_dir=None,
   pool, acc = train_pool(cfg, ds, show_progress=show_progress)
   path = os.path.join(workdir, "pool.npz")
   meta = {"arch": cfg.arch, "dataset": ds.name,
-          "image_shape": list(ds.image_shape), "config":
+          "image_shape": list(ds.image_shape),
+          "class_names": list(ds.class_names), "config":
           dataclasses.asdict(cfg), "test_acc": [float(a) for a in acc]}
   storage.save_pool(path, pool, meta)
   report = {"pool": path, "num_nets": cfg.num_nets,
