@@ -29,8 +29,7 @@ CHOICES = {
     "truncation": truncation.MODES,
     "boost_mode": rat_bptt.BOOST_MODES,
     "eval_parallel": ("map", "vmap"),
-    "DecoupledConfig.method": ("sre2l", "cda", "delt", "gvbsm", "rded",
-                               "random_real"),
+    "DecoupledConfig.method": ("sre2l", "cda", "delt", "rded", "random_real"),
     "teacher_arch": ("convnet_bn", "convnet_in", "resnet_small", "resnet18",
                      "mlp"),
     "teacher_norm": ("batch", "instance", "none"),
@@ -237,11 +236,8 @@ HELP = {
     "val_limit": "class-stratified validation images used for the baselines' "
                  "selection (0: the whole split)",
     # Decoupled family (DecoupledConfig).
-    "DecoupledConfig.method": "sre2l, cda, delt, gvbsm (recover), rded "
+    "DecoupledConfig.method": "sre2l, cda, delt (recover), rded "
                               "(teacher-scored real crops) or random_real",
-    "DecoupledConfig.pool": "G-VBSM teacher pool, comma-separated arch[:width"
-                            "[:depth]], the first the run's teacher ('' = "
-                            "the teacher,convnet_in,resnet_small)",
     "DecoupledConfig.ipc": "synthetic images per class",
     "DecoupledConfig.seed": "random seed of every stage (teacher, recover, "
                             "students)",
