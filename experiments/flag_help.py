@@ -36,7 +36,6 @@ CHOICES = {
     "teacher_schedule": ("cosine", "half_cosine", "constant"),
     "post_arch": ("convnet_bn", "convnet_in", "resnet_small", "resnet18",
                   "mlp"),
-    "post_loss": ("", "kl", "mse_ce"),
     "teacher_optimizer": ("sgd", "adamw"),
     "post_optimizer": ("sgd", "adamw"),
     "post_schedule": ("cosine", "half_cosine", "constant"),
@@ -280,11 +279,6 @@ HELP = {
     "recover_init": "initial images ('' = the method's: noise, DELT "
                     "real_medium)",
     "recover_rounds": "DELT early-late rounds",
-    "recover_ema_alpha": "G-VBSM: EMA coefficient of the matched statistics",
-    "recover_drop_rate": "G-VBSM: probability of dropping a conv hook's loss",
-    "recover_nuc_norm": "G-VBSM: weight of the Gram (data densification) term",
-    "recover_tau": "G-VBSM: temperature of the Gram term's target",
-    "recover_stats_batch": "G-VBSM: batch of the real conv-statistics pass",
     "jpeg_quality": "JPEG round trip of the output at this quality (0: off; "
                     "the SRe2L family saves JPEG)",
     "rded_factor": "RDED: crops stitched per side of one image",
@@ -309,9 +303,6 @@ HELP = {
                      "RDED/DELT)",
     "post_temperature": "KD temperature T",
     "post_t_squared": "multiply the KD loss by T^2",
-    "post_loss": "soft-label loss: kl, or mse_ce (G-VBSM: MSE to the logits "
-                 "+ ce_weight CE); '' = the method's",
-    "post_ce_weight": "mse_ce: weight of the CE on the image's label",
     "post_mix": "post-train batch mixing",
     "post_crop": "post-train random-resized crops",
     "post_min_scale": "post-train smallest crop scale",

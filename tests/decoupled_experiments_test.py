@@ -100,7 +100,8 @@ def test_gpu_preset_at_tiny_size(fake_data, tmp_path):
   proc = _run("decoupled", [
       "--preset=gpu_cifar10_ipc10", "--method=delt", "--dataset=cifar10_subset",
       "--train_limit=200", "--val_size=100", "--teacher_epochs=1",
-      "--teacher_batch_size=64", "--recover_iterations=8",
+      "--teacher_batch_size=64", "--teacher_width=8",
+      "--recover_iterations=8",
       "--recover_rounds=2", "--ipc=2", "--post_epochs=1",
       "--post_eval_every=1", "--post_students=2", "--post_width=8",
       "--noeval_random", "--noeval_metrics",
