@@ -68,11 +68,14 @@ def _write_idx(path, array):
 
 
 def write_fake_datasets(root: str, n_train: int = 300, n_test: int = 60,
-                        seed: int = 0) -> str:
+                        seed: int = 0, bars: bool = False) -> str:
   """Writes tiny learnable MNIST/Fashion-MNIST/USPS/CIFAR-10-subset copies.
 
-  Images are class-dependent blobs plus noise, in the on-disk formats of
-  ../shared/datasets, so experiments can run end to end without real data.
+  Images are class-dependent brightness plus noise, in the on-disk formats
+  of ../shared/datasets, so experiments can run end to end without real
+  data. `bars=True` instead draws class c as a bright horizontal bar in row
+  band c over noise: a spatial pattern that a few distillation steps learn
+  (brightness alone is nearly removed by normalisation).
   """
   import os  # pylint: disable=g-import-not-at-top
   from distill_jax.data import local as local_datasets  # pylint: disable=g-import-not-at-top
@@ -81,7 +84,12 @@ def write_fake_datasets(root: str, n_train: int = 300, n_test: int = 60,
   def images(n, shape):
     y = np.arange(n) % 10
     x = rng.integers(0, 60, (n, *shape)).astype(np.int32)
-    x += (y * 20).reshape(-1, *[1] * len(shape))
+    if bars:
+      band = shape[0] // 10
+      for c in range(10):
+        x[y == c, c * band:(c + 1) * band] += 180
+    else:
+      x += (y * 20).reshape(-1, *[1] * len(shape))
     return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
 
   for name in ("mnist", "fashion_mnist"):
