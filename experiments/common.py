@@ -238,6 +238,14 @@ def define_platform_flags(flag_values=FLAGS) -> None:
       "of unmapping them after every use: faster, more resident memory "
       "(default: on for rat_bptt_cifar; the DD trainer always does on CPU)",
       **kw)
+  flags.DEFINE_bool(
+      "tensorboard", default.tensorboard, "also write the metrics as "
+      "TensorBoard events in <workdir>/tensorboard (needs tensorboardX)",
+      **kw)
+  flags.DEFINE_integer(
+      "profile_steps", default.profile_steps, "trace this many outer steps "
+      "with jax.profiler into <workdir>/profile (0: off)", lower_bound=0,
+      **kw)
 
 
 def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
@@ -251,7 +259,9 @@ def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
         xla_cpu_defaults=flag_values.xla_cpu_defaults,
         cpu_wide_conv=flag_values.cpu_wide_conv,
         malloc_arenas=malloc_arenas if arenas is None else arenas,
-        keep_malloc_mapped=keep_mapped if keep is None else keep)
+        keep_malloc_mapped=keep_mapped if keep is None else keep,
+        tensorboard=flag_values.tensorboard,
+        profile_steps=flag_values.profile_steps)
   except ValueError as e:
     fail(e)
 

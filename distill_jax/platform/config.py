@@ -1,7 +1,8 @@
 """The explicit platform options: compile options, CPU kernels, malloc.
 
-None of these change what is computed, only how fast and in how much
-memory: `xla_cpu_defaults` picks XLA:CPU's compile options and
+None of these change what is computed, only how fast, in how much
+memory, and what is recorded besides the outputs (TensorBoard events, a
+profiler trace: `run.observe`): `xla_cpu_defaults` picks XLA:CPU's compile options and
 `cpu_wide_conv` the convolution formulation `layers.conv2d(impl="auto")`
 uses for wide inputs on CPU (float-equivalent formulations), the malloc
 fields tune the host process.
@@ -42,11 +43,17 @@ class Platform:
     keep_malloc_mapped: True keeps large malloc blocks mapped instead of
       unmapping them after every use (`xla_options.keep_malloc_mapped`);
       None: the entry point's default (True for `rat_bptt_cifar`).
+    tensorboard: also write the host loop's metrics as TensorBoard events
+      in <workdir>/tensorboard (`run.observe`; needs tensorboardX).
+    profile_steps: trace this many outer steps with `jax.profiler` into
+      <workdir>/profile (0: off).
   """
   xla_cpu_defaults: bool = False
   cpu_wide_conv: str = "xla_vjp"
   malloc_arenas: int | None = None
   keep_malloc_mapped: bool | None = None
+  tensorboard: bool = False
+  profile_steps: int = 0
 
   def __post_init__(self):
     from distill_jax.nn import layers  # pylint: disable=g-import-not-at-top
@@ -65,6 +72,13 @@ class Platform:
     if not isinstance(self.keep_malloc_mapped, (bool, type(None))):
       raise ValueError(f"keep_malloc_mapped={self.keep_malloc_mapped!r} must "
                        "be None (entry point default), True or False.")
+    if not isinstance(self.tensorboard, bool):
+      raise ValueError(f"tensorboard={self.tensorboard!r} must be True or "
+                       "False.")
+    if isinstance(self.profile_steps, bool) or not isinstance(
+        self.profile_steps, int) or self.profile_steps < 0:
+      raise ValueError(f"profile_steps={self.profile_steps!r} must be a "
+                       "number of outer steps >= 0 (0: off).")
 
 
 @functools.cache

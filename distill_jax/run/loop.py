@@ -16,12 +16,14 @@ everything around it, the same way for DD, RaT-BPTT and each Boost-DD block:
   * divergence: the state is checked on the host wherever the loop syncs
     anyway (log, evaluation, checkpoint and last steps), before anything
     is written, so no checkpoint or candidate is ever non-finite; a
-    non-finite state raises `guard.DivergedError` naming the step.
+    non-finite state raises `guard.DivergedError` naming the step;
+  * optionally TensorBoard events and a profiler trace (`observe`).
 
 Resuming from the newest checkpoint gives the same result, bit for bit, as
 an uninterrupted run.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,6 +37,7 @@ import numpy as np
 from distill_jax.platform import xla_options
 from distill_jax.run import checkpoint
 from distill_jax.run import guard as guard_lib
+from distill_jax.run import observe
 from distill_jax.run import progress as progress_lib
 from distill_jax.run import storage
 
@@ -231,10 +234,13 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
   if step < loop.total:  # compile now, then return the compiler's memory.
     xla_options.precompile(step_fn, state, *step_args(batch(step)))
   guard = guard_lib.Guard(mngr, advice)
-  with open(metrics_path, "a") as log:
+  obs = observe.Observer(workdir, start, loop.total)
+  with open(metrics_path, "a") as log, contextlib.closing(obs):
     while step < loop.total:
+      obs.before_step(step)
       state, m = step_fn(state, *step_args(batch(step)))
       step += 1
+      obs.after_step(step, state)
       last = step == loop.total or bool(
           loop.time_budget_s and time.time() - t0 > loop.time_budget_s)
       is_eval = evaluate is not None and (
@@ -263,6 +269,7 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
                       best_step=np.int32(step))
       if is_log:
         guard_lib.write_record(log, rec)
+        obs.record(rec)
         bar.update(step, loss=rec["loss"], **(
             {"val_acc": rec["val_acc"]} if "val_acc" in rec else {}))
       ckpt["state"] = state
