@@ -71,7 +71,8 @@ HELP = {
     # Model.
     "arch": "network architecture",
     "init": "weight initialisation scheme of the networks",
-    "width": "convnet channels per layer",
+    "width": "convnet channels per layer; alexnet conv1 channels (64 = "
+             "torchvision, the other layers scale with it)",
     "depth": "convnet conv blocks",
     "norm": "convnet normalisation layer",
     "pooling": "convnet pooling after each block",
