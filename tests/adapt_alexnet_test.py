@@ -105,7 +105,11 @@ def test_forward_shapes_and_torchvision_parameter_count():
   assert full["fc6"]["kernel"] == (256 * 36, 4096)
   assert full["conv1"]["kernel"] == (11, 11, 3, 64)
   model = alexnet.build(5, (SIZE, SIZE, 3), WIDTH)
-  params = model.init(jax.random.key(0))
+  init_shapes = jax.eval_shape(model.init, jax.random.key(0))
+  assert jax.tree.map(lambda s: s.shape, init_shapes) == alexnet.shapes(
+      5, WIDTH, SIZE)
+  # Parameters from the converter (no init to compile; tested below).
+  params = alexnet.from_torchvision(_torch_state_dict(WIDTH, 5))
   logits = model.apply(params, jnp.ones((2, SIZE, SIZE, 3)))
   chex.assert_shape(logits, (2, 5))
   chex.assert_tree_all_finite(logits)
@@ -126,13 +130,13 @@ def test_adaptive_pool_bins():
   np.testing.assert_allclose(one, jnp.broadcast_to(x[:, :1, :1], one.shape))
 
 
-@pytest.mark.parametrize("size", [SIZE, 100])
-def test_converter_matches_nchw_reference(size):
+def test_converter_matches_nchw_reference():
+  size = 100  # the last pool gives 2x2: the 6x6 adaptive pool is not a copy.
   sd = _torch_state_dict(WIDTH, 3)
   params = alexnet.from_torchvision(sd)
   model = alexnet.build(3, (size, size, 3), WIDTH)
-  params = alexnet.check_params(params, jax.tree.map(
-      jnp.shape, model.init(jax.random.key(0))), "converted")
+  params = alexnet.check_params(params, alexnet.shapes(3, WIDTH, size),
+                                "converted")
   x = np.random.default_rng(2).normal(size=(2, size, size, 3)).astype(
       np.float32)
   ref = _reference_nchw({k: jnp.asarray(v) for k, v in sd.items()}, x)
@@ -166,7 +170,7 @@ def test_converter_script_and_foreign_state_dict(tmp_path):
 
 def test_weight_files_round_trip_and_errors(tmp_path):
   expected = alexnet.shapes(5, WIDTH, SIZE)
-  params = alexnet.build(5, (SIZE, SIZE, 3), WIDTH).init(jax.random.key(3))
+  params = alexnet.from_torchvision(_torch_state_dict(WIDTH, 5, seed=3))
   npz, pack = str(tmp_path / "w.npz"), str(tmp_path / "w.msgpack")
   alexnet.save_params(npz, params)
   with open(pack, "wb") as f:
@@ -191,8 +195,8 @@ def test_weight_files_round_trip_and_errors(tmp_path):
 
 def test_check_set_gates_the_weights(tmp_path):
   weights = str(tmp_path / "w.npz")
-  model = alexnet.build(1000, (SIZE, SIZE, 3), WIDTH)
-  alexnet.save_params(weights, model.init(jax.random.key(4)))
+  alexnet.save_params(weights, alexnet.from_torchvision(
+      _torch_state_dict(WIDTH, 1000, seed=4)))
   check = str(tmp_path / "check.npz")
   rng = np.random.default_rng(0)
   np.savez(check, x=rng.integers(0, 255, (6, 70, 80, 3), dtype=np.uint8),
@@ -240,7 +244,8 @@ def test_adaptation_meta_gradient_finite_differences(tmp_path):
                                                        "fixed_pretrained")
   with jax.enable_x64(True):
     model = alexnet.build(3, (SIZE, SIZE, 3), 2)
-    params0 = gradcheck.to_f64(model.init(jax.random.key(5)))
+    params0 = gradcheck.to_f64(jax.tree.map(
+        jnp.asarray, alexnet.from_torchvision(_torch_state_dict(2, 3, 5))))
     prob = dd.problem(dcfg, model.apply)
     learned, labels = distilled.init(
         jax.random.key(6), steps=1, epochs=3, num_classes=3, per_class=1,

@@ -80,8 +80,20 @@ def _max_pool_3_2(x):
                                (1, 2, 2, 1), "VALID")
 
 
-class StridedConv(nn.Module):
-  """The stride-4 first convolution (`lax.conv_general_dilated`)."""
+def _kernel_init(name: str):
+  """`models.kernel_init(name)` (the same fans: receptive field x channels)
+  drawn as (KH*KW, C_in, C_out) and reshaped: XLA:CPU compiles JAX's
+  threefry sampling of 4-D shapes very slowly (8 s instead of 1 s each)."""
+  base = models.kernel_init(name)
+
+  def init(key, shape, dtype=jnp.float32):
+    return base(key, (shape[0] * shape[1], *shape[2:]), dtype).reshape(shape)
+  return init
+
+
+class Conv(nn.Module):
+  """Convolution with stride (`lax.conv_general_dilated`) or without
+  (`layers.conv2d`, the backend-tuned one)."""
   features: int
   kernel: int
   stride: int
@@ -91,15 +103,18 @@ class StridedConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     cin = x.shape[-1]
-    w = self.param("kernel", models.kernel_init(self.init_name),
+    w = self.param("kernel", _kernel_init(self.init_name),
                    (self.kernel, self.kernel, cin, self.features))
     fan_in = cin * self.kernel * self.kernel
     b = self.param("bias", lambda k, s: models.bias_init(self.init_name)(
         k, s, fan_in=fan_in), (self.features,))
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), (self.stride, self.stride),
-        [(self.padding, self.padding)] * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.stride == 1:
+      y = layers.conv2d(x, w.astype(x.dtype), None, padding=self.padding)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, w.astype(x.dtype), (self.stride, self.stride),
+          [(self.padding, self.padding)] * 2,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + b.reshape(1, 1, 1, -1)
 
 
@@ -112,13 +127,12 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x):
     convs, hidden = widths(self.width)
-    x = nn.relu(StridedConv(convs[0], 11, 4, 2, self.init_name,
-                            name="conv1")(x))
+    x = nn.relu(Conv(convs[0], 11, 4, 2, self.init_name, name="conv1")(x))
     x = _max_pool_3_2(x)
-    x = nn.relu(models.Conv(convs[1], 5, 2, self.init_name, name="conv2")(x))
+    x = nn.relu(Conv(convs[1], 5, 1, 2, self.init_name, name="conv2")(x))
     x = _max_pool_3_2(x)
     for i, c in enumerate(convs[2:], start=3):
-      x = nn.relu(models.Conv(c, 3, 1, self.init_name, name=f"conv{i}")(x))
+      x = nn.relu(Conv(c, 3, 1, 1, self.init_name, name=f"conv{i}")(x))
     x = adaptive_avg_pool(_max_pool_3_2(x))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(models.Dense(hidden, self.init_name, name="fc6")(x))
@@ -136,8 +150,6 @@ def build(num_classes: int, image_shape, width: int = 64,
   widths(width)
   module = AlexNet(num_classes, width, init_name)
   dummy = jnp.zeros((1, *image_shape), jnp.float32)
-  # Jitted: run eagerly, flax's init dispatches every op of the im2col
-  # convolutions one by one (26 s instead of 1 s on a CPU at width 4).
   return models.Model(init=jax.jit(lambda key: module.init(key, dummy)[
       "params"]),
                       apply=lambda p, x: module.apply({"params": p}, x),
