@@ -61,11 +61,12 @@ def read_state_dict(path: str) -> dict:
   return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def convert(state_dict: dict, out: str) -> dict:
-  """Converts, checks against torchvision's shapes and writes `out`."""
+def convert(state_dict: dict, out: str, width: int = 64) -> dict:
+  """Converts, checks against torchvision's shapes (`width` 64, 1000
+  classes) and writes `out`."""
   params = alexnet.check_params(
       alexnet.from_torchvision(state_dict),
-      alexnet.shapes(alexnet.IMAGENET_CLASSES), "converted state dict")
+      alexnet.shapes(alexnet.IMAGENET_CLASSES, width), "converted state dict")
   alexnet.save_params(out, params)
   return params
 

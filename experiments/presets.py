@@ -342,7 +342,7 @@ ADAPT_ALEXNET = Presets(
            "VOC-style data, 4 classes",
            lambda: adapt.AdaptAlexNetConfig(
                target="fake", width=4, image_size=64, real_batch=16,
-               dd_outer_steps=2, lr_grid="learned,0.01", epoch_grid=(1, 3),
+               dd_outer_steps=2, lr_grid="learned,0.01", epoch_grid=(1,),
                random_sets=2, optimized_sets=2, full_target_epochs=1,
                full_target_batch=8, val_size=8, eval_batch=32)),
 )

@@ -154,16 +154,17 @@ def test_converter_matches_nchw_reference():
 
 
 def test_converter_script_and_foreign_state_dict(tmp_path):
-  sd = _torch_state_dict(64, alexnet.IMAGENET_CLASSES)
+  sd = _torch_state_dict(WIDTH, alexnet.IMAGENET_CLASSES)
   out = str(tmp_path / "alexnet.npz")
-  convert_lib.convert(sd, out)
-  loaded = alexnet.load_params(out, alexnet.shapes(alexnet.IMAGENET_CLASSES))
+  convert_lib.convert(sd, out, width=WIDTH)
+  loaded = alexnet.load_params(out, alexnet.shapes(alexnet.IMAGENET_CLASSES,
+                                                   WIDTH))
   np.testing.assert_array_equal(loaded["conv1"]["kernel"],
                                 sd["features.0.weight"].transpose(2, 3, 1, 0))
   with pytest.raises(ValueError, match="missing features.0.weight"):
     alexnet.from_torchvision({"fc.weight": np.zeros((2, 2))})
-  with pytest.raises(ValueError, match="wrong shape"):  # a width-4 net.
-    convert_lib.convert(_torch_state_dict(WIDTH, 1000), out)
+  with pytest.raises(ValueError, match="wrong shape"):  # not torchvision's.
+    convert_lib.convert(sd, out)
   with pytest.raises(ValueError, match="no such state dict"):
     convert_lib.read_state_dict(str(tmp_path / "none.pth"))
 
@@ -298,7 +299,7 @@ def test_smoke_cli(tmp_path):
 
 
 def test_smoke_python(tmp_path):
-  cfg = dataclasses.replace(adapt_alexnet.preset("smoke"), epoch_grid=(1,))
+  cfg = adapt_alexnet.preset("smoke")
   out = adapt_alexnet.run(cfg, str(tmp_path), show_progress=False)
   assert out == json.loads((tmp_path / "results.json").read_text())
   _check_results(tmp_path)
