@@ -206,6 +206,7 @@ def test_check_set_gates_the_weights(tmp_path):
                             check_set=check)
   _, info = adapt.pretrained(cfg, jax.random.key(0))
   assert 0.0 <= info["check_top1"] <= 100.0
+  assert info["stated_imagenet_top1"] == alexnet.TORCHVISION_TOP1
   strict = dataclasses.replace(cfg, check_min_acc=100.0)
   with pytest.raises(ValueError, match="below --check_min_acc=100.0"):
     adapt.pretrained(strict, jax.random.key(0))

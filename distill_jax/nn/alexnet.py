@@ -35,6 +35,8 @@ from distill_jax.nn import layers
 from distill_jax.nn import models
 
 TORCHVISION_PARAMS = 61_100_840  # torchvision alexnet(), 1000 classes.
+# ImageNet-1k validation top-1 (%) torchvision states for IMAGENET1K_V1.
+TORCHVISION_TOP1 = 56.522
 IMAGENET_CLASSES = 1000
 MIN_SIZE = 63
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
