@@ -19,7 +19,8 @@ pure function of a dict of numpy arrays: conv kernels OIHW -> HWIO, linear
 weights transposed, and fc6's inputs reordered from torchvision's NCHW
 flatten to the NHWC flatten of `nn.alexnet`. The result is checked against
 the torchvision shapes (61,100,840 parameters) before it is written. Use
-it with `python -m experiments.adapt_alexnet --weights=/tmp/alexnet_imagenet.npz`.
+it with `python -m experiments.adapt_alexnet
+--weights=/tmp/alexnet_imagenet.npz`.
 Note torchvision's weights expect 224 px images normalised with the
 ImageNet mean and std, which is what `data.voc_cub` does.
 """

@@ -34,6 +34,7 @@ from experiments import presets
 from tests import experiments_test
 from tests import gradcheck
 
+_run = experiments_test._run  # pylint: disable=protected-access
 SIZE = 64  # the smallest convenient AlexNet input (>= 63).
 WIDTH = 4
 
@@ -293,8 +294,7 @@ def _check_results(workdir):
 
 
 def test_smoke_cli(tmp_path):
-  experiments_test._run("adapt_alexnet", ["--preset=smoke"], "",  # pylint: disable=protected-access
-                        tmp_path)
+  _run("adapt_alexnet", ["--preset=smoke"], "", tmp_path)
   out = _check_results(tmp_path / "wd")
   assert out["config"]["target"] == "fake"
 
@@ -312,8 +312,8 @@ def test_smoke_python(tmp_path):
     (["--target=imagenet"], "--target"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
-  proc = experiments_test._run("adapt_alexnet", ["--preset=smoke", *args], "",  # pylint: disable=protected-access
-                               tmp_path, check=False)
+  proc = _run("adapt_alexnet", ["--preset=smoke", *args], "", tmp_path,
+              check=False)
   assert proc.returncode != 0
   assert "Traceback" not in proc.stderr
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
