@@ -318,3 +318,18 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
   assert "Traceback" not in proc.stderr
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("target,classes", [("voc", 20),
+                                            ("caltech_birds2011", 200)])
+def test_tfds_targets_on_mock_data(tmp_path, target, classes):
+  """The TFDS path (mocked by `tfds.testing.mock_data`: nothing downloads)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=12):
+    ds = voc_cub.load(target, image_size=SIZE, val_size=2, seed=0,
+                      data_dir=str(tmp_path))
+  assert ds.num_classes == classes and ds.image_shape == (SIZE, SIZE, 3)
+  assert len(ds.y_val) == 2 and len(ds.y_test) == 12
+  assert ds.source.startswith("tfds:")
+  chex.assert_tree_all_finite((ds.x_train, ds.x_test))
+  assert ds.y_train.max() < classes

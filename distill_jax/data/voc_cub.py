@@ -36,9 +36,11 @@ def largest_object(objects: dict) -> int:
   """The label of the largest object of a TFDS VOC example's "objects"
   (bbox = (ymin, xmin, ymax, xmax)); -1 if there is none."""
   labels = np.asarray(objects["label"]).reshape(-1)
-  if not labels.size:
-    return -1
   box = np.asarray(objects["bbox"], np.float64).reshape(-1, 4)
+  n = min(len(labels), len(box))  # equal, except in TFDS's mock data.
+  labels, box = labels[:n], box[:n]
+  if not n:
+    return -1
   area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
   return int(labels[int(np.argmax(area))])
 
