@@ -101,9 +101,10 @@ def _read_tfds(task: str, size: int, data_dir: str | None):
     builder.download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except
     raise base.DatasetNotFoundError(
-        f"TFDS {name!r} could not be prepared ({base.one_line(e)[:160]}); it"
-        " needs network access once (or a prepared copy under "
-        "$TFDS_DATA_DIR); use --target=fake offline.") from e
+        f"TFDS {name!r} could not be prepared ({base.one_line(e)[:160]}); "
+        "preparing it needs network access and TensorFlow once (pip install "
+        "tensorflow-cpu), or a prepared copy under $TFDS_DATA_DIR; use "
+        "--target=fake offline.") from e
   parts = [to_arrays(_tfds_split(builder, s), task, size)
            for s in train_splits]
   x_test, y_test = to_arrays(_tfds_split(builder, test_split), task, size)
