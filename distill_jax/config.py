@@ -16,7 +16,7 @@ from typing import Any
 
 from distill_jax.data import registry as data_registry
 
-ARCHS = ("lenet", "alexcifarnet", "convnet", "mlp")
+ARCHS = ("lenet", "alexcifarnet", "convnet", "mlp", "alexnet")
 INITS = ("xavier", "he", "lecun", "torch")
 INIT_MODES = ("fixed", "random", "fixed_pretrained", "random_pretrained")
 NORMS = ("instance", "batch", "none")

@@ -31,6 +31,7 @@ from absl import logging
 from distill_jax import config as config_lib
 from distill_jax import platform
 from distill_jax.data import augment
+from distill_jax.methods import adapt
 from distill_jax.methods import rat_bptt
 from distill_jax.methods.decoupled import config as decoupled_config
 from distill_jax.nn import layers
@@ -45,7 +46,8 @@ CONFIG_CLASSES = (config_lib.DistillConfig, rat_bptt.RatConfig,
                   pretrain.PretrainConfig, configs.AdaptConfig,
                   configs.CrossArchConfig, configs.LinRegConfig,
                   configs.PoisonConfig, configs.SensitivityConfig,
-                  configs.Table1Config, decoupled_config.DecoupledConfig)
+                  configs.Table1Config, decoupled_config.DecoupledConfig,
+                  adapt.AdaptAlexNetConfig)
 
 
 def fail(message: str) -> NoReturn:

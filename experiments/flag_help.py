@@ -12,6 +12,7 @@ prints the values as `<a|b|c>` in front of the help.
 from distill_jax import config as config_lib
 from distill_jax.core import inner_opt
 from distill_jax.core import truncation
+from distill_jax.data import voc_cub
 from distill_jax.methods import rat_bptt
 
 # Allowed values of the choice fields; "ClassName.field" keys as in HELP.
@@ -29,6 +30,7 @@ CHOICES = {
     "truncation": truncation.MODES,
     "boost_mode": rat_bptt.BOOST_MODES,
     "eval_parallel": ("map", "vmap"),
+    "AdaptAlexNetConfig.target": voc_cub.TARGETS,
     "DecoupledConfig.method": ("sre2l", "cda", "delt", "rded", "random_real"),
     "teacher_arch": ("convnet_bn", "convnet_in", "resnet_small", "resnet18",
                      "mlp"),
@@ -71,7 +73,8 @@ HELP = {
     # Model.
     "arch": "network architecture",
     "init": "weight initialisation scheme of the networks",
-    "width": "convnet channels per layer",
+    "width": "convnet channels per layer; alexnet conv1 channels (64 = "
+             "torchvision, the other layers scale with it)",
     "depth": "convnet conv blocks",
     "norm": "convnet normalisation layer",
     "pooling": "convnet pooling after each block",
@@ -199,6 +202,26 @@ HELP = {
     "full_target_epochs": "epochs of fine-tuning on the whole target split",
     "full_target_lr": "SGD learning rate of the full-target fine-tuning",
     "full_target_batch": "minibatch size of the full-target fine-tuning",
+    # Table 3 (methods.adapt.AdaptAlexNetConfig).
+    "AdaptAlexNetConfig.target": "target: voc (VOC 2007, the largest "
+                                 "object's label), caltech_birds2011 (CUB-200)"
+                                 " from TFDS, or fake (VOC-style test data)",
+    "weights": "ImageNet AlexNet weights, .npz or flax .msgpack (experiments/"
+               "convert_torchvision_alexnet.py writes one); empty: random "
+               "initialisation (smoke tests only)",
+    "check_set": ".npz of a small labelled ImageNet set (x (N, H, W, 3) "
+                 "uint8, y labels) to check the weights on before adapting",
+    "check_min_acc": "top-1 (%) the weights must reach on --check_set",
+    "AdaptAlexNetConfig.image_size": "side the target images are resized to"
+                                     " (224 for ImageNet weights)",
+    "AdaptAlexNetConfig.dd_outer_steps": "outer steps of the DD run (0: 400 "
+                                         "epochs of the train split, or the "
+                                         "time budget)",
+    "AdaptAlexNetConfig.random_sets": "random-real sets evaluated (one test "
+                                      "number each)",
+    "full_target_runs": "minibatch orders of the full-target fine-tuning",
+    "fake_classes": "classes of --target=fake",
+    "fake_train": "training images of --target=fake",
     "distilled": "distilled.npz to evaluate",
     "archs": "architectures to evaluate on, comma-separated from lenet, "
              "alexcifarnet, convnet, mlp",
@@ -235,6 +258,7 @@ HELP = {
     "val_limit": "class-stratified validation images used for the baselines' "
                  "selection (0: the whole split)",
     # Decoupled family (DecoupledConfig).
+    "AdaptAlexNetConfig.target": voc_cub.TARGETS,
     "DecoupledConfig.method": "sre2l, cda, delt (recover), rded "
                               "(teacher-scored real crops) or random_real",
     "DecoupledConfig.ipc": "synthetic images per class",

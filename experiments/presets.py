@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable
 
 from distill_jax import config as config_lib
+from distill_jax.methods import adapt
 from distill_jax.methods import rat_bptt
 from distill_jax.methods.decoupled import config as decoupled_config
 from distill_jax.methods.decoupled import posttrain
@@ -330,6 +331,20 @@ ADAPTATION = Presets(
                epoch_grid=(1,), random_sets=1, optimized_sets=2,
                kmeans_seeds=1, full_target_batch=16, val_size=50,
                train_limit=200, eval_batch=64)),
+)
+
+ADAPT_ALEXNET = Presets(
+    "gpu",
+    gpu=("the paper's Table 3 setting: ImageNet AlexNet (--weights) at 224 "
+         "px, 1 image per class, 1 step x 3 epochs (one GPU)",
+         adapt.AdaptAlexNetConfig),
+    smoke=("seconds, for tests: random weights, width 4, 64 px fake "
+           "VOC-style data, 4 classes",
+           lambda: adapt.AdaptAlexNetConfig(
+               target="fake", width=4, image_size=64, real_batch=16,
+               dd_outer_steps=2, lr_grid="learned,0.01", epoch_grid=(1,),
+               random_sets=2, optimized_sets=2, full_target_epochs=1,
+               full_target_batch=8, val_size=8, eval_batch=32)),
 )
 
 CROSS_ARCH = Presets(

@@ -200,6 +200,19 @@ class EvaluateAllTest(absltest.TestCase):
     self.assertEqual(rows["random_real"]["test_acc"]["n"], 4)
     self.assertEqual(rows["optimized_real"]["kept"], 1)
     self.assertEqual(rows["knn_kmeans"]["test_acc"]["n"], 2)
+    some = baselines.evaluate_all(
+        jax.random.key(0), model.apply, ds, steps=2, per_class=1,
+        learned_lrs=np.full(4, 0.1, np.float32), val_params0=p_val,
+        test_params0=p_test, lr_options=("learned", 0.1), epoch_options=(1,),
+        random_sets=2, optimized_sets=5, rows=("random_real", "average_real"))
+    self.assertEqual(set(some), {"random_real", "average_real"})
+    for name in some:  # the same computation as in the full table.
+      self.assertEqual(some[name]["test_acc"], rows[name]["test_acc"])
+    with self.assertRaisesRegex(ValueError, "Unknown baseline rows"):
+      baselines.evaluate_all(
+          jax.random.key(0), model.apply, ds, steps=2, per_class=1,
+          learned_lrs=None, val_params0=p_val, test_params0=p_test,
+          rows=("kmeans_plus",))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ ENTRY_POINTS = {
     "sensitivity": common.configs.SensitivityConfig,
     "table1": common.configs.Table1Config,
     "decoupled": common.decoupled_config.DecoupledConfig,
+    "adapt_alexnet": common.adapt.AdaptAlexNetConfig,
 }
 
 

@@ -16,6 +16,8 @@ Architectures:
   * `convnet`: the ConvNet of the distillation literature: `depth` blocks of
     conv 3x3 (`width` channels) -> norm -> ReLU -> pool 2, then a linear head.
   * `mlp`: flatten -> hidden ReLU layers -> classes.
+  * `alexnet`: torchvision's ImageNet AlexNet, widths scaled by
+    `width / 64` (`nn.alexnet`; inputs of at least 63 pixels).
 """
 
 import functools
@@ -241,6 +243,9 @@ def build(cfg: config_lib.DistillConfig, image_shape: tuple[int, int, int],
                      cfg.init)
   elif arch == "mlp":
     module = MLP(num_classes, tuple(cfg.mlp_hidden), cfg.init)
+  elif arch == "alexnet":
+    from distill_jax.nn import alexnet  # pylint: disable=g-import-not-at-top
+    return alexnet.build(num_classes, image_shape, cfg.width, cfg.init)
   else:
     raise ValueError(
         f"Unknown arch {arch!r}; choose from {config_lib.ARCHS}.")
