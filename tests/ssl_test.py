@@ -15,6 +15,7 @@ import pytest
 
 from distill_jax.methods.decoupled import config as config_lib
 from distill_jax.methods.decoupled import ssl
+from distill_jax.methods.decoupled import ssl_aug
 from distill_jax.nn import stat_models
 from experiments import common
 from experiments import presets
@@ -220,3 +221,29 @@ def test_scdd_cli_smoke(fake_data, tmp_path):
   assert rows[-1]["step"] == 8 and np.isfinite(rows[-1]["loss"])
   assert len(list(cache.glob("ssl_*.npz"))) == 1
   assert len(list(cache.glob("teacher_*.npz"))) == 1
+
+
+def test_simclr_loss_gradient_finite_differences(blobs):
+  # The training gradient: NT-Xent of the projections of two views through
+  # the train-mode backbone and the projection head, w.r.t. every parameter.
+  with jax.enable_x64(True):
+    model = ssl.contrastive_model(stat_models.build(_spec(blobs)), TINY)
+    v = gradcheck.to_f64(model.init(jax.random.key(0)))
+    x = jnp.asarray(blobs.x_train[:4], jnp.float64)
+    views = ssl_aug.two_views(0.5, True, 0.4)(jax.random.key(1), 0, None,
+                                              x)
+    # The projection head and the first conv kernel (conv biases before a
+    # train-mode BN and the unused classifier have zero gradient).
+    def f(sub):
+      bb = v["params"]["backbone"]
+      params = {"head": sub["head"], "backbone": {
+          **bb, "Conv_0": {**bb["Conv_0"], "kernel": sub["conv"]}}}
+      z, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]},
+                         views, train=True)
+      return ssl.nt_xent(z, 0.5)
+    f = jax.jit(f)
+    sub = {"head": v["params"]["head"],
+           "conv": v["params"]["backbone"]["Conv_0"]["kernel"]}
+    gradcheck.assert_float64(f, sub)
+    gradcheck.check_with_mutations(f, sub, jax.grad(f)(sub),
+                                   key=jax.random.key(2), num_dirs=2)
