@@ -232,17 +232,20 @@ def test_simclr_loss_gradient_finite_differences(blobs):
     x = jnp.asarray(blobs.x_train[:4], jnp.float64)
     views = ssl_aug.two_views(0.5, True, 0.4)(jax.random.key(1), 0, None,
                                               x)
-    # The projection head and the first conv kernel (conv biases before a
-    # train-mode BN and the unused classifier have zero gradient).
+    # The projection head's first kernel and the first conv kernel (conv
+    # biases before a train-mode BN and the unused classifier have zero
+    # gradient).
     def f(sub):
-      bb = v["params"]["backbone"]
-      params = {"head": sub["head"], "backbone": {
-          **bb, "Conv_0": {**bb["Conv_0"], "kernel": sub["conv"]}}}
+      bb, hd = v["params"]["backbone"], v["params"]["head"]
+      params = {"head": {**hd, "Dense_0": {**hd["Dense_0"],
+                                           "kernel": sub["proj"]}},
+                "backbone": {**bb, "Conv_0": {**bb["Conv_0"],
+                                              "kernel": sub["conv"]}}}
       z, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]},
                          views, train=True)
       return ssl.nt_xent(z, 0.5)
     f = jax.jit(f)
-    sub = {"head": v["params"]["head"],
+    sub = {"proj": v["params"]["head"]["Dense_0"]["kernel"],
            "conv": v["params"]["backbone"]["Conv_0"]["kernel"]}
     gradcheck.assert_float64(f, sub)
     gradcheck.check_with_mutations(f, sub, jax.grad(f)(sub),
