@@ -193,6 +193,9 @@ def test_bad_ssl_values(flag, value, message):
 
 
 def test_scdd_needs_a_bn_backbone(blobs):
+  with pytest.raises(ValueError, match="teacher_norm=instance"):
+    presets.DECOUPLED("smoke").replace_flat(method="scdd",
+                                            teacher_norm="instance")
   spec = dataclasses.replace(
       config_lib.DecoupledConfig().teacher, arch="mlp").model_spec(blobs)
   with pytest.raises(ValueError, match="BatchNorm teacher"):

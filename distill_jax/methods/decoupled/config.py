@@ -83,6 +83,12 @@ class DecoupledConfig:
     if not 0 <= self.jpeg_quality <= 100:
       raise ValueError(f"jpeg_quality={self.jpeg_quality} must be in "
                        "[0, 100] (0: off).")
+    if self.method == "scdd" and (self.teacher.arch == "mlp" or (
+        self.teacher.arch == "convnet_bn" and self.teacher.norm != "batch")):
+      raise ValueError(f"scdd needs a BatchNorm teacher architecture (got "
+                       f"teacher_arch={self.teacher.arch}, teacher_norm="
+                       f"{self.teacher.norm}); use convnet_bn with norm "
+                       "batch or a ResNet.")
     self.recover_cfg()
     return self
 
