@@ -31,7 +31,8 @@ CHOICES = {
     "boost_mode": rat_bptt.BOOST_MODES,
     "eval_parallel": ("map", "vmap"),
     "AdaptAlexNetConfig.target": voc_cub.TARGETS,
-    "DecoupledConfig.method": ("sre2l", "cda", "delt", "rded", "random_real"),
+    "DecoupledConfig.method": ("sre2l", "cda", "delt", "rded", "random_real",
+                               "scdd"),
     "teacher_arch": ("convnet_bn", "convnet_in", "resnet_small", "resnet18",
                      "mlp"),
     "teacher_norm": ("batch", "instance", "none"),
@@ -49,6 +50,7 @@ CHOICES = {
     "post_mix": ("cutmix", "mixup", "none"),
     "post_select": ("val", "last"),
     "post_parallel": ("map", "vmap"),
+    "ssl_optimizer": ("sgd", "adamw"),
 }
 
 _DATASETS = ("a local builder (mnist, fashion_mnist, usps, cifar10, "
@@ -258,8 +260,8 @@ HELP = {
     "val_limit": "class-stratified validation images used for the baselines' "
                  "selection (0: the whole split)",
     # Decoupled family (DecoupledConfig).
-    "AdaptAlexNetConfig.target": voc_cub.TARGETS,
-    "DecoupledConfig.method": "sre2l, cda, delt (recover), rded "
+    "DecoupledConfig.method": "sre2l, cda, delt (recover), scdd (recover "
+                              "against a self-supervised teacher), rded "
                               "(teacher-scored real crops) or random_real",
     "DecoupledConfig.ipc": "synthetic images per class",
     "DecoupledConfig.seed": "random seed of every stage (teacher, recover, "
@@ -343,6 +345,27 @@ HELP = {
     "eval_random": "also score random real images of the same IPC",
     "eval_metrics": "HLR/IOR/LRS, bytes, diversity and TD",
     "cross_archs": "extra student architectures, comma-separated",
+    "ssl_epochs": "SC-DD: SimCLR pre-training epochs of the self-supervised "
+                  "teacher (the teacher's architecture)",
+    "ssl_batch_size": "SC-DD: SimCLR batch (images; two views each)",
+    "ssl_optimizer": "SC-DD: SimCLR optimiser (cosine schedule)",
+    "ssl_lr": "SC-DD: SimCLR learning rate",
+    "ssl_momentum": "SC-DD: SimCLR SGD momentum",
+    "ssl_weight_decay": "SC-DD: SimCLR weight decay",
+    "ssl_temperature": "SC-DD: NT-Xent temperature tau",
+    "ssl_proj_hidden": "SC-DD: projection head hidden units (head dropped "
+                       "after pre-training)",
+    "ssl_proj_dim": "SC-DD: projection dimension of the NT-Xent loss",
+    "ssl_min_scale": "SC-DD: smallest random-resized-crop scale of a view",
+    "ssl_flip": "SC-DD: horizontal flips in the views",
+    "ssl_color": "SC-DD: brightness/contrast jitter strength of the views "
+                 "(0: off)",
+    "ssl_train_limit": "SC-DD: random training images for SimCLR and the "
+                       "probe (0: all)",
+    "ssl_probe_epochs": "SC-DD: linear-probe epochs (frozen backbone, BN in "
+                        "eval mode)",
+    "ssl_probe_lr": "SC-DD: linear-probe AdamW learning rate (cosine)",
+    "ssl_probe_batch_size": "SC-DD: linear-probe minibatch size",
 }
 
 

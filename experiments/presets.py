@@ -23,6 +23,7 @@ from distill_jax.methods import rat_bptt
 from distill_jax.methods.decoupled import config as decoupled_config
 from distill_jax.methods.decoupled import posttrain
 from distill_jax.methods.decoupled import recover as recover_lib
+from distill_jax.methods.decoupled import ssl as ssl_lib
 from distill_jax.methods.decoupled import teacher as teacher_lib
 from distill_jax.run import train_pool as pretrain
 from experiments import configs
@@ -417,7 +418,8 @@ def _cifar10(ipc: int) -> DecoupledConfig:
       dataset="cifar10", ipc=ipc, val_size=5000,
       teacher=TeacherConfig(epochs=5, pad_crop=4, flip=True),
       recover=RecoverConfig(flip=True, jitter=4),
-      post=PostTrainConfig(flip=True))
+      post=PostTrainConfig(flip=True),
+      ssl=ssl_lib.SSLConfig(flip=True, min_scale=0.2))
 
 
 def _gpu(dataset: str, ipc: int) -> DecoupledConfig:
@@ -441,7 +443,28 @@ def _decoupled_smoke() -> DecoupledConfig:
       teacher=TeacherConfig(width=8, depth=2, epochs=10, batch_size=32),
       recover=RecoverConfig(iterations=8, rounds=2),
       post=PostTrainConfig(width=8, depth=2, epochs=20, lr=0.01,
-                           eval_every=10, students=2))
+                           eval_every=10, students=2),
+      ssl=ssl_lib.SSLConfig(epochs=2, batch_size=64, proj_hidden=16,
+                            proj_dim=8, train_limit=0, probe_epochs=5,
+                            probe_lr=0.05))
+
+
+def _gpu_scdd(dataset: str, ipc: int) -> DecoupledConfig:
+  """SC-DD's CIFAR-100 settings (METHODS.md C.3, C.8 item 8): SimCLR
+  ResNet-18 200 epochs (SGD 0.06) + linear probe; recover lr 0.4, r_bn
+  0.005, jitter 4, no crop/flip, 1000 iterations; relabel and post-train
+  with the supervised ResNet-18 teacher (train-mode BN, Mixup, T = 30,
+  AdamW 1e-3, batch 64, 200 epochs, ResNet-18 students)."""
+  cfg = _gpu(dataset, ipc).replace_flat(method="scdd", recover_iterations=1000)
+  return dataclasses.replace(
+      cfg, ssl=ssl_lib.SSLConfig(epochs=200, batch_size=512, lr=0.06,
+                                 weight_decay=5e-4, proj_hidden=512,
+                                 proj_dim=128, min_scale=0.08, flip=True,
+                                 color=0.4, train_limit=0, probe_epochs=100,
+                                 probe_lr=0.01),
+      post=dataclasses.replace(cfg.post, arch="resnet18", width=64,
+                               epochs=200, batch_size=64, lr=1e-3,
+                               schedule="half_cosine", teacher_bn="train"))
 
 
 def _ipc50(cfg: DecoupledConfig) -> DecoupledConfig:
@@ -461,5 +484,8 @@ DECOUPLED = Presets(
                        lambda: _gpu("cifar10", 10)),
     gpu_cifar10_ipc50=("the papers' CIFAR-10 IPC 50 settings, GPU hours",
                        lambda: _gpu("cifar10", 50)),
+    gpu_scdd_cifar100_ipc50=("SC-DD's CIFAR-100 IPC 50 settings (TFDS "
+                             "cifar100, online), GPU hours",
+                             lambda: _gpu_scdd("cifar100", 50)),
     smoke=("seconds, for tests", _decoupled_smoke),
 )

@@ -6,6 +6,10 @@
   * sre2l / cda / delt: the recover loop (`methods.decoupled.recover`) on
     the one host loop (`run.loop.outer_loop`: checkpoints, resume,
     divergence checks, metrics);
+  * scdd: the same recover loop against a self-supervised teacher (SimCLR
+    backbone + linear probe, `methods.decoupled.ssl`, cached beside the
+    supervised teacher); relabel and post-train use the supervised
+    teacher, as the released code does (METHODS.md C.8 item 8);
   * rded: teacher-scored crop selection, no optimisation;
   * random_real: class-balanced random training images;
 
@@ -29,6 +33,7 @@ from distill_jax.methods.decoupled import config as config_lib
 from distill_jax.methods.decoupled import pixels
 from distill_jax.methods.decoupled import rded
 from distill_jax.methods.decoupled import recover
+from distill_jax.methods.decoupled import ssl
 from distill_jax.methods.decoupled import teacher as teacher_lib
 from distill_jax.methods.decoupled import terms
 from distill_jax.run import fair_eval
@@ -139,9 +144,20 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
   ds = dataset if dataset is not None else load_data(cfg, data_dir)
   cache = cfg.teacher_cache or default_cache()
   teacher = teacher_lib.load_or_train(cfg.teacher_cfg(), ds, cache, log=log)
-  info = {}
+  info, extra_meta = {}, {}
   t = time.time()
-  if cfg.method in recover.METHODS:
+  if cfg.method == "scdd":
+    ssl_teacher = ssl.load_or_train(cfg.ssl_cfg(),
+                                    cfg.teacher_cfg().model_spec(ds), ds,
+                                    cache, log=log)
+    extra_meta["ssl_teacher"] = {k: v for k, v in ssl_teacher.meta.items()
+                                 if k != "class_names"}
+    info["ssl_probe_test_acc"] = ssl_teacher.meta["test_acc"]
+    t = time.time()
+    x, info2 = recover_images(cfg, ds, ssl_teacher, workdir, resume=resume,
+                              show_progress=show_progress, log=log)
+    info.update(info2)
+  elif cfg.method in recover.METHODS:
     x, info = recover_images(cfg, ds, teacher, workdir, resume=resume,
                              show_progress=show_progress, log=log)
   elif cfg.method == "rded":
@@ -163,7 +179,7 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
              for k, v in spec.items()},
       metadata={"config": dataclasses.asdict(cfg),
                 "teacher": {k: v for k, v in teacher.meta.items()
-                            if k != "class_names"}})
+                            if k != "class_names"}, **extra_meta})
   path = os.path.join(workdir, "distilled.npz")
   storage.save_distilled_set(path, dset)
   flat_x = x.reshape(-1, *ds.image_shape)
@@ -173,7 +189,7 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
   report = {"method": cfg.method, "dataset": ds.name, "ipc": cfg.ipc,
             "test_acc": ev["soft"]["test_acc"],
             "teacher_test_acc": teacher.meta["test_acc"],
-            "teacher_recipe": teacher.meta["recipe"], **info,
+            "teacher_recipe": teacher.meta["recipe"], **info, **extra_meta,
             "evaluation": ev, "distilled": path,
             "time_s": round(time.time() - t0, 1),
             "protocol_note": (

@@ -3,11 +3,18 @@
 The run's own fields (method, data, IPC, seed, evaluation options) and one
 configuration per stage: `teacher` (squeeze, `teacher.TeacherConfig`),
 `recover` (`recover.RecoverConfig`) and `post` (relabel and post-train,
-`posttrain.PostTrainConfig`). Each stage field is written once, in its
+`posttrain.PostTrainConfig`), and for SC-DD `ssl` (the self-supervised
+teacher, `ssl.SSLConfig`). Each stage field is written once, in its
 stage's class; the command line flattens them with a prefix
-(`--teacher_lr`, `--recover_iterations`, `--post_epochs`; `NESTED`). The
-stages' method, IPC and seed come from the run (`teacher_cfg()`,
-`recover_cfg()`, `post_cfg()`).
+(`--teacher_lr`, `--recover_iterations`, `--post_epochs`, `--ssl_epochs`;
+`NESTED`). The stages' method, IPC and seed come from the run
+(`teacher_cfg()`, `recover_cfg()`, `post_cfg()`, `ssl_cfg()`).
+
+`replace_flat(method="scdd")` on a config of another method also applies
+SC-DD's recover settings (`SCDD_RECOVER`, C.3's CIFAR ones) to every
+recover field not given in the same call, so presets and explicit flags
+combine: `--preset=fashion_ipc10 --method=scdd --recover_lr=0.2` keeps
+lr 0.2 and takes SC-DD's r_bn, jitter, crop and flip.
 """
 
 import dataclasses
@@ -15,14 +22,20 @@ import json
 
 from distill_jax.methods.decoupled import posttrain
 from distill_jax.methods.decoupled import recover as recover_lib
+from distill_jax.methods.decoupled import ssl as ssl_lib
 from distill_jax.methods.decoupled import teacher as teacher_lib
 
-METHODS = ("sre2l", "cda", "delt", "rded", "random_real")
+METHODS = ("sre2l", "cda", "delt", "rded", "random_real", "scdd")
+# SC-DD's recover (METHODS.md C.3, CIFAR; C.7): SRe2L with these settings.
+SCDD_RECOVER = {"recover_lr": 0.4, "recover_r_bn": 0.005,
+                "recover_jitter": 4, "recover_crop": False,
+                "recover_flip": False}
 
 # Stage field -> (flag prefix, its fields set by the run, not by flags).
 NESTED = {"teacher": ("teacher_", ("seed",)),
           "recover": ("recover_", ("method", "ipc", "seed")),
-          "post": ("post_", ("seed",))}
+          "post": ("post_", ("seed",)),
+          "ssl": ("ssl_", ("seed",))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +64,8 @@ class DecoupledConfig:
   eval_random: bool = True
   eval_metrics: bool = True
   cross_archs: str = ""  # e.g. "resnet_small": extra soft-label students.
+  ssl: ssl_lib.SSLConfig = dataclasses.field(
+      default_factory=ssl_lib.SSLConfig)
 
   def __post_init__(self):
     self.validate()
@@ -68,11 +83,20 @@ class DecoupledConfig:
     if not 0 <= self.jpeg_quality <= 100:
       raise ValueError(f"jpeg_quality={self.jpeg_quality} must be in "
                        "[0, 100] (0: off).")
+    if self.method == "scdd" and (self.teacher.arch == "mlp" or (
+        self.teacher.arch == "convnet_bn" and self.teacher.norm != "batch")):
+      raise ValueError(f"scdd needs a BatchNorm teacher architecture (got "
+                       f"teacher_arch={self.teacher.arch}, teacher_norm="
+                       f"{self.teacher.norm}); use convnet_bn with norm "
+                       "batch or a ResNet.")
     self.recover_cfg()
     return self
 
   def teacher_cfg(self) -> teacher_lib.TeacherConfig:
     return dataclasses.replace(self.teacher, seed=self.seed)
+
+  def ssl_cfg(self) -> ssl_lib.SSLConfig:
+    return dataclasses.replace(self.ssl, seed=self.seed)
 
   def recover_cfg(self) -> recover_lib.RecoverConfig:
     method = self.method if self.method in recover_lib.METHODS else "sre2l"
@@ -102,7 +126,10 @@ class DecoupledConfig:
     return out
 
   def replace_flat(self, **overrides) -> "DecoupledConfig":
-    """A copy with fields given by flag name (`--teacher_lr` -> teacher.lr)."""
+    """A copy with fields given by flag name (`--teacher_lr` -> teacher.lr);
+    switching to method "scdd" adds `SCDD_RECOVER` where not given."""
+    if overrides.get("method") == "scdd" and self.method != "scdd":
+      overrides = {**SCDD_RECOVER, **overrides}
     known = self.flat()
     unknown = sorted(set(overrides) - set(known))
     if unknown:
@@ -127,6 +154,7 @@ class DecoupledConfig:
     """Inverse of `dataclasses.asdict` (config.json)."""
     kinds = {"teacher": teacher_lib.TeacherConfig,
              "recover": recover_lib.RecoverConfig,
-             "post": posttrain.PostTrainConfig}
+             "post": posttrain.PostTrainConfig,
+             "ssl": ssl_lib.SSLConfig}
     return cls(**{k: (kinds[k](**v) if k in kinds else v)
                   for k, v in d.items()})

@@ -156,12 +156,17 @@ def train(cfg: TeacherConfig, ds: data.Dataset):
       model, tx, x, fit.epoch_batches(n, batch), cross_entropy,
       targets=lambda key, t, idx, images, mixing: y[idx],
       augment=pad_crop_flip(cfg.pad_crop, cfg.flip))
-  key = jax.random.key(cfg.seed)
-  k_init, k_order, k_aug = jax.random.split(key, 3)
+  return model, fit_one(trainer, cfg.seed, steps, epochs)
+
+
+def fit_one(trainer: fit.Trainer, seed: int, steps: int, epochs: int):
+  """Runs `trainer` for `steps` steps on one network (init, augmentation
+  and per-epoch order keys from `seed`); returns its final output."""
+  k_init, k_order, k_aug = jax.random.split(jax.random.key(seed), 3)
   per_net = {"init_key": k_init[None], "key": k_aug[None],
              "keys": jax.random.split(k_order, epochs)[None]}
   out = jax.jit(lambda p: fit.fit(trainer, p, (steps,)))(per_net)
-  return model, jax.block_until_ready(jax.tree.map(lambda a: a[0, 0], out))
+  return jax.block_until_ready(jax.tree.map(lambda a: a[0, 0], out))
 
 
 def accuracy(model, variables, x, y, norm=None) -> float:
@@ -171,10 +176,12 @@ def accuracy(model, variables, x, y, norm=None) -> float:
                                      batch=500, norm=norm)[0])
 
 
-def fingerprint(cfg: TeacherConfig, ds: data.Dataset) -> str:
-  """Hash of the recipe and of the training data the teacher sees."""
+def fingerprint(cfg, ds: data.Dataset) -> str:
+  """Hash of the recipe (a config dataclass or a dict) and of the training
+  data the teacher sees."""
+  recipe = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
   h = hashlib.sha256(json.dumps(
-      {"recipe": dataclasses.asdict(cfg), "dataset": ds.name,
+      {"recipe": recipe, "dataset": ds.name,
        "shape": list(ds.image_shape), "n_train": int(len(ds.y_train)),
        "mean": list(map(float, ds.mean)), "std": list(map(float, ds.std))},
       sort_keys=True).encode())
