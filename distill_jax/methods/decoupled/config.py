@@ -7,17 +7,19 @@ configuration per stage: `teacher` (squeeze, `teacher.TeacherConfig`),
 stage's class; the command line flattens them with a prefix
 (`--teacher_lr`, `--recover_iterations`, `--post_epochs`; `NESTED`). The
 stages' method, IPC and seed come from the run (`teacher_cfg()`,
-`recover_cfg()`, `post_cfg()`).
+`recover_cfg()`, `post_cfg()`). G-VBSM's pool (`gvbsm_pool`) lists the
+teachers trained with the teacher recipe, one architecture each.
 """
 
 import dataclasses
 import json
 
+from distill_jax.methods.decoupled import gvbsm
 from distill_jax.methods.decoupled import posttrain
 from distill_jax.methods.decoupled import recover as recover_lib
 from distill_jax.methods.decoupled import teacher as teacher_lib
 
-METHODS = ("sre2l", "cda", "delt", "rded", "random_real")
+METHODS = ("sre2l", "cda", "delt", "gvbsm", "rded", "random_real")
 
 # Stage field -> (flag prefix, its fields set by the run, not by flags).
 NESTED = {"teacher": ("teacher_", ("seed",)),
@@ -45,6 +47,7 @@ class DecoupledConfig:
   rded_factor: int = 1
   rded_crops: int = 5
   rded_candidates: int = 300
+  gvbsm_pool: str = "convnet_bn,convnet_in,resnet_small,mlp"
   post: posttrain.PostTrainConfig = dataclasses.field(
       default_factory=posttrain.PostTrainConfig)
   eval_hard: bool = True
@@ -68,6 +71,8 @@ class DecoupledConfig:
     if not 0 <= self.jpeg_quality <= 100:
       raise ValueError(f"jpeg_quality={self.jpeg_quality} must be in "
                        "[0, 100] (0: off).")
+    if self.method == "gvbsm":
+      gvbsm.parse_pool(self.gvbsm_pool)
     self.recover_cfg()
     return self
 
@@ -80,8 +85,10 @@ class DecoupledConfig:
                                seed=self.seed)
 
   def post_cfg(self, **overrides) -> posttrain.PostTrainConfig:
+    """The post-train protocol; loss "" is G-VBSM's mse_ce, else kl."""
+    loss = self.post.loss or ("mse_ce" if self.method == "gvbsm" else "kl")
     return dataclasses.replace(
-        self.post, seed=self.seed,
+        self.post, seed=self.seed, loss=loss,
         eval_every=min(self.post.eval_every, self.post.epochs), **overrides)
 
   def to_json(self) -> str:
