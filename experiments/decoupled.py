@@ -6,12 +6,15 @@ Commands (2-core CPU; data from ../shared/datasets):
       --workdir=/tmp/sre2l_fashion10 --data_dir=../shared/datasets
 
   --method: sre2l, cda, delt (recover against the teacher's BN statistics),
-  rded (teacher-scored real crops), random_real. The teacher is trained once
-  per recipe and dataset and cached (--teacher_cache).
+  gvbsm (a pool of teachers, --gvbsm_pool, round-robin; EMA, conv and
+  Gram terms; the pool's ensemble relabels, MSE + CE students), rded
+  (teacher-scored real crops), random_real. Teachers are trained once per
+  recipe and dataset and cached (--teacher_cache).
 
 Presets: fashion_ipc10 (default), fashion_ipc50, cifar10_ipc10,
 cifar10_ipc50 (the offline JPEG copy of CIFAR-10), gpu_cifar10_ipc10/50
-(the papers' settings), smoke. Measured results: docs/results/decoupled.md.
+(the papers' settings), gpu_gvbsm_cifar100_ipc50, gpu_gvbsm_tiny_ipc50,
+gpu_gvbsm_imagenet1k_ipc10 (G-VBSM's settings), smoke. Measured results: docs/results/decoupled.md.
 
 Outputs in --workdir: config.json, recover/ (metrics.jsonl, checkpoints),
 distilled.npz (a DistilledSet with hard labels), report.json (soft- and

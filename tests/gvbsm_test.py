@@ -200,7 +200,7 @@ def test_pool_round_robin_and_ema_state():
   targets = [gvbsm.real_conv_stats(t, teacher_lib.TeacherConfig(), x_real, 8)
              for t in pool]
   # Means over full batches (2 of 8 images) of the batch statistics.
-  mom = [gvbsm_terms.hook_stats(pool[3].model.apply(
+  mom = [gvbsm_terms.hook_stats(pool[1].model.apply(
       pool[1].variables, x_real[s:s + 8])[1]["conv_inputs"][0])
          for s in (0, 8)]
   chex.assert_trees_all_close(targets[1][0], jax.tree.map(
