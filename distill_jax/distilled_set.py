@@ -46,8 +46,8 @@ from distill_jax.data import zca as zca_lib
 FORMAT_VERSION = 2
 # Bilevel methods, then the decoupled family and its baselines (hard
 # labels stored; soft labels come from the teacher, `methods.decoupled`).
-METHODS = ("dd", "rat_bptt", "boost_dd", "sre2l", "cda", "delt", "rded",
-           "random_real", "scdd")
+METHODS = ("dd", "rat_bptt", "boost_dd", "sre2l", "cda", "delt", "gvbsm",
+           "rded", "random_real", "scdd")
 # Configuration fields that define the network (`models.build`).
 MODEL_FIELDS = ("arch", "init", "width", "depth", "norm", "pooling",
                 "mlp_hidden")

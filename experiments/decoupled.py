@@ -7,10 +7,11 @@ Commands (2-core CPU; data from ../shared/datasets):
 
   --method: sre2l, cda, delt (recover against the teacher's BN statistics),
   scdd (recover against a SimCLR teacher + linear probe, --ssl_* flags;
-  relabel and post-train with the supervised teacher), rded
-  (teacher-scored real crops), random_real. The teacher (and SC-DD's SSL
-  teacher) is trained once per recipe and dataset and cached
-  (--teacher_cache).
+  relabel and post-train with the supervised teacher), gvbsm (a pool of
+  teachers, --gvbsm_pool, round-robin; EMA, conv and Gram terms; the
+  pool's ensemble relabels, MSE + CE students), rded (teacher-scored real
+  crops), random_real. Teachers (and SC-DD's SSL teacher) are trained
+  once per recipe and dataset and cached (--teacher_cache).
 
   python -m experiments.decoupled --method=scdd --preset=fashion_ipc10 \
       --workdir=/tmp/scdd_fashion10 --data_dir=../shared/datasets
@@ -18,9 +19,11 @@ Commands (2-core CPU; data from ../shared/datasets):
 Presets: fashion_ipc10 (default), fashion_ipc50, cifar10_ipc10,
 cifar10_ipc50 (the offline JPEG copy of CIFAR-10), gpu_cifar10_ipc10/50
 (the papers' settings), gpu_scdd_cifar100_ipc50 (SC-DD's CIFAR-100
-settings), smoke. With --method=scdd every preset takes SC-DD's recover
-settings (lr 0.4, r_bn 0.005, jitter 4, no crop or flip) except those
-given as flags. Measured results: docs/results/decoupled.md.
+settings), gpu_gvbsm_cifar100_ipc50, gpu_gvbsm_tiny_ipc50,
+gpu_gvbsm_imagenet1k_ipc10 (G-VBSM's settings), smoke. With --method=scdd
+every preset takes SC-DD's recover settings (lr 0.4, r_bn 0.005, jitter 4,
+no crop or flip) except those given as flags. Measured results:
+docs/results/decoupled.md.
 
 Outputs in --workdir: config.json, recover/ (metrics.jsonl, checkpoints),
 distilled.npz (a DistilledSet with hard labels), report.json (soft- and

@@ -31,8 +31,8 @@ CHOICES = {
     "boost_mode": rat_bptt.BOOST_MODES,
     "eval_parallel": ("map", "vmap"),
     "AdaptAlexNetConfig.target": voc_cub.TARGETS,
-    "DecoupledConfig.method": ("sre2l", "cda", "delt", "rded", "random_real",
-                               "scdd"),
+    "DecoupledConfig.method": ("sre2l", "cda", "delt", "gvbsm", "rded",
+                               "random_real", "scdd"),
     "teacher_arch": ("convnet_bn", "convnet_in", "resnet_small", "resnet18",
                      "mlp"),
     "teacher_norm": ("batch", "instance", "none"),
@@ -40,6 +40,7 @@ CHOICES = {
     "post_arch": ("convnet_bn", "convnet_in", "resnet_small", "resnet18",
                   "mlp"),
     "teacher_optimizer": ("sgd", "adamw"),
+    "post_loss": ("", "kl", "mse_ce"),
     "post_optimizer": ("sgd", "adamw"),
     "post_schedule": ("cosine", "half_cosine", "constant"),
     "recover_batching": ("", "cross_class", "class_grouped"),
@@ -260,9 +261,14 @@ HELP = {
     "val_limit": "class-stratified validation images used for the baselines' "
                  "selection (0: the whole split)",
     # Decoupled family (DecoupledConfig).
-    "DecoupledConfig.method": "sre2l, cda, delt (recover), scdd (recover "
-                              "against a self-supervised teacher), rded "
+    "DecoupledConfig.method": "sre2l, cda, delt, gvbsm (recover), scdd "
+                              "(recover against a self-supervised teacher), "
+                              "rded "
                               "(teacher-scored real crops) or random_real",
+    "gvbsm_pool": "G-VBSM: the pool of teachers, arch[:width] comma-separated "
+                  "(archs convnet_bn, convnet_in, resnet_small, resnet18, mlp;"
+                  " no width: --teacher_width), trained with the teacher "
+                  "recipe, used round-robin, their ensemble relabels",
     "DecoupledConfig.ipc": "synthetic images per class",
     "DecoupledConfig.seed": "random seed of every stage (teacher, recover, "
                             "students)",
@@ -305,6 +311,11 @@ HELP = {
     "recover_init": "initial images ('' = the method's: noise, DELT "
                     "real_medium)",
     "recover_rounds": "DELT early-late rounds",
+    "recover_ema_alpha": "G-VBSM: EMA coefficient of the matched statistics",
+    "recover_drop_rate": "G-VBSM: probability of dropping a conv hook's loss",
+    "recover_nuc_norm": "G-VBSM: weight of the Gram (data densification) term",
+    "recover_tau": "G-VBSM: temperature of the Gram term's target",
+    "recover_stats_batch": "G-VBSM: batch of the real conv-statistics pass",
     "jpeg_quality": "JPEG round trip of the output at this quality (0: off; "
                     "the SRe2L family saves JPEG)",
     "rded_factor": "RDED: crops stitched per side of one image",
@@ -329,6 +340,9 @@ HELP = {
                      "RDED/DELT)",
     "post_temperature": "KD temperature T",
     "post_t_squared": "multiply the KD loss by T^2",
+    "post_loss": "soft-label loss: kl, or mse_ce (G-VBSM: MSE to the logits "
+                 "+ ce_weight CE); '' = the method's",
+    "post_ce_weight": "mse_ce: weight of the CE on the image's label",
     "post_mix": "post-train batch mixing",
     "post_crop": "post-train random-resized crops",
     "post_min_scale": "post-train smallest crop scale",

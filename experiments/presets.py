@@ -405,11 +405,17 @@ TABLE1 = Presets(
 # ---------------------------------------------------- decoupled family.
 
 
+# G-VBSM's pool on CPU (C.7): the run's BN ConvNet, an InstanceNorm
+# ConvNet, a ResNet-8 and an MLP, all trained with the teacher recipe.
+_CPU_POOL = "convnet_bn,convnet_in:32,resnet_small:16,mlp:128"
+
+
 def _fashion(ipc: int) -> DecoupledConfig:
   """Fashion-MNIST on CPU (METHODS.md C.7 settings): BN ConvNet-3 w64
   teacher and students, 2 teacher epochs, 1000 recover iterations, 300
   post-train epochs with an online teacher and CutMix."""
-  return DecoupledConfig(dataset="fashion_mnist", ipc=ipc, val_size=5000)
+  return DecoupledConfig(dataset="fashion_mnist", ipc=ipc, val_size=5000,
+                         gvbsm_pool=_CPU_POOL)
 
 
 def _cifar10(ipc: int) -> DecoupledConfig:
@@ -419,7 +425,7 @@ def _cifar10(ipc: int) -> DecoupledConfig:
       teacher=TeacherConfig(epochs=5, pad_crop=4, flip=True),
       recover=RecoverConfig(flip=True, jitter=4),
       post=PostTrainConfig(flip=True),
-      ssl=ssl_lib.SSLConfig(flip=True, min_scale=0.2))
+      ssl=ssl_lib.SSLConfig(flip=True, min_scale=0.2), gvbsm_pool=_CPU_POOL)
 
 
 def _gpu(dataset: str, ipc: int) -> DecoupledConfig:
@@ -436,10 +442,82 @@ def _gpu(dataset: str, ipc: int) -> DecoupledConfig:
                            parallel="vmap"))
 
 
+def _gpu_gvbsm(dataset: str, ipc: int, *, image_size: int, pool: str,
+               teacher: TeacherConfig, recover: RecoverConfig,
+               post: PostTrainConfig) -> DecoupledConfig:
+  return DecoupledConfig(method="gvbsm", dataset=dataset, ipc=ipc,
+                         image_size=image_size, val_size=5000,
+                         gvbsm_pool=pool, teacher=teacher, recover=recover,
+                         post=post)
+
+
+# G-VBSM's squeeze (C.4, C.8 item 5): SGD 0.05, wd 0, constant lr, batch
+# 64, 5 epochs per teacher. Its CIFAR/Tiny pool is ResNet18, ConvNetW128
+# (InstanceNorm), MobileNetV2, WRN-16-2, ShuffleNetV2; the architectures
+# distill_jax has stand in for the last three.
+_GVBSM_POOL = "resnet18,convnet_in:128,convnet_bn:128,resnet_small:32"
+
+
+def _gvbsm_teacher(**kw) -> TeacherConfig:
+  return TeacherConfig(**{**dict(arch="resnet18", epochs=5, batch_size=64,
+                                 lr=0.05, weight_decay=0.0,
+                                 schedule="constant", flip=True), **kw})
+
+
+def _gvbsm_recover(**kw) -> RecoverConfig:
+  """Batch 100 class-grouped, lr 0.05, 4000 iterations, r 0.01, nuc_norm 1,
+  tau 4, alpha 0.8, drop 0.4, first hook x10, flip and roll (C.4)."""
+  return RecoverConfig(**{**dict(
+      iterations=4000, lr=0.05, r_bn=0.01, batch_size=100, crop=False,
+      flip=True, jitter=32, ema_alpha=0.8, drop_rate=0.4, nuc_norm=1.0,
+      tau=4.0, stats_batch=64), **kw})
+
+
+def _gvbsm_post(**kw) -> PostTrainConfig:
+  """MSE + gamma CE on the ensemble's logits, RRC (0.08, 1), flip, CutMix."""
+  return PostTrainConfig(**{**dict(
+      loss="mse_ce", min_scale=0.08, flip=True, mix="cutmix", students=5,
+      parallel="vmap", eval_every=50), **kw})
+
+
+def _gpu_gvbsm_cifar100() -> DecoupledConfig:
+  return _gpu_gvbsm(
+      "cifar100", 50, image_size=0, pool=_GVBSM_POOL,
+      teacher=_gvbsm_teacher(pad_crop=4), recover=_gvbsm_recover(),
+      post=_gvbsm_post(arch="convnet_in", width=128, epochs=1000,
+                       batch_size=64, optimizer="sgd", lr=0.1,
+                       weight_decay=5e-4, ce_weight=0.15))
+
+
+def _gpu_gvbsm_tiny() -> DecoupledConfig:
+  # The roll stands in for RandomCrop(64, pad 8) in recover.
+  return _gpu_gvbsm(
+      "tiny-imagenet-200/train", 50, image_size=64, pool=_GVBSM_POOL,
+      teacher=_gvbsm_teacher(pad_crop=8), recover=_gvbsm_recover(jitter=8),
+      post=_gvbsm_post(arch="resnet18", epochs=100, batch_size=100,
+                       optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                       ce_weight=0.1, eval_every=10))
+
+
+def _gpu_gvbsm_imagenet1k() -> DecoupledConfig:
+  # Teachers trained here stand in for the torchvision weights G-VBSM loads
+  # (resnet18, mobilenet_v2, efficientnet_b0, shufflenet_v2_x0_5).
+  return _gpu_gvbsm(
+      "imagenet2012", 10, image_size=224,
+      pool="resnet18,resnet_small:64,convnet_in:128,convnet_bn:128",
+      teacher=_gvbsm_teacher(epochs=90, batch_size=256, lr=0.1,
+                             weight_decay=1e-4, schedule="cosine"),
+      recover=_gvbsm_recover(batch_size=80, lr=0.1, crop=True,
+                             min_scale=0.08, ema_alpha=0.4, drop_rate=0.0),
+      post=_gvbsm_post(arch="resnet18", epochs=300, batch_size=1024,
+                       optimizer="adamw", lr=1e-3, weight_decay=0.01,
+                       ce_weight=0.1, eval_every=25))
+
+
 def _decoupled_smoke() -> DecoupledConfig:
   return DecoupledConfig(
       dataset="mnist", ipc=2, val_size=100, train_limit=400,
-      rded_candidates=20,
+      rded_candidates=20, gvbsm_pool="convnet_bn,convnet_in,mlp:16",
       teacher=TeacherConfig(width=8, depth=2, epochs=10, batch_size=32),
       recover=RecoverConfig(iterations=8, rounds=2),
       post=PostTrainConfig(width=8, depth=2, epochs=20, lr=0.01,
@@ -487,5 +565,17 @@ DECOUPLED = Presets(
     gpu_scdd_cifar100_ipc50=("SC-DD's CIFAR-100 IPC 50 settings (TFDS "
                              "cifar100, online), GPU hours",
                              lambda: _gpu_scdd("cifar100", 50)),
+    gpu_gvbsm_cifar100_ipc50=(
+        "G-VBSM's CIFAR-100 IPC 50 settings (pool of 4, ConvNetW128 IN "
+        "students, 1000 epochs, MSE + 0.15 CE), GPU hours",
+        _gpu_gvbsm_cifar100),
+    gpu_gvbsm_tiny_ipc50=(
+        "G-VBSM's Tiny-ImageNet IPC 50 settings at 64 px (ResNet-18 "
+        "students, 100 epochs, MSE + 0.1 CE; --dataset: the image folder), "
+        "GPU hours", _gpu_gvbsm_tiny),
+    gpu_gvbsm_imagenet1k_ipc10=(
+        "G-VBSM's ImageNet-1K IPC 10 settings at 224 px (alpha 0.4, no "
+        "drop, ResNet-18 students, 300 epochs), GPU days",
+        _gpu_gvbsm_imagenet1k),
     smoke=("seconds, for tests", _decoupled_smoke),
 )

@@ -13,6 +13,9 @@ in eval mode, sees BatchNorm-input moments equal to its running statistics.
   aux["moments"]      # ((mean (C,), biased var (C,)), ...) of each BN input,
                       # in forward order, in both modes
   aux["features"]     # penultimate features (N, F)
+  aux["conv_inputs"]  # the input of every conv (N, H, W, C), or of every
+                      # linear layer of an MLP (the image (N, H, W, C),
+                      # then (N, D)), in forward order (G-VBSM's hooks)
 
 `apply` is a pure function of (variables, x): it can be jitted (`train` is a
 static Python bool), vmapped over a leading axis of x, and differentiated
@@ -24,7 +27,8 @@ Architectures (NHWC inputs, any number of classes and input channels):
     (`width` channels, bias) -> norm -> ReLU -> avg-pool 2, flatten, linear.
     `norm` is "batch" (BatchNorm with running statistics), "instance"
     (per-image, per-channel, affine: PyTorch GroupNorm(C, C)) or "none";
-    only "batch" has statistics. `first_pad` is the padding of the first
+    only "batch" has statistics (arch "convnet_in" in `spec_for` is this
+    ConvNet with instance norm, G-VBSM's ConvNetW128). `first_pad` is the padding of the first
     conv: default 3 for 28x28x1 inputs (28 px -> 32 px maps, 4x4 after three
     pools, as DC/RDED/DELT do for every 1-channel input) and 1 otherwise.
   * `resnet_small`: a CIFAR-style ResNet with one BasicBlock per stage and
@@ -156,9 +160,10 @@ class ConvNetBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    moments = []
+    moments, conv_in = [], []
     for d in range(self.depth):
       pad = self.first_pad if d == 0 else 1
+      conv_in.append(x)
       x = Conv(self.width, 3, pad, self.init_name)(x)
       if self.norm == "batch":
         x, mom = BatchNorm()(x, train)
@@ -167,7 +172,8 @@ class ConvNetBN(nn.Module):
         x = models.Norm(self.norm)(x)
       x = layers.avg_pool(nn.relu(x), 2)
     feats = x.reshape(x.shape[0], -1)
-    return Dense(self.num_classes, self.init_name)(feats), tuple(moments), feats
+    return (Dense(self.num_classes, self.init_name)(feats), tuple(moments),
+            feats, tuple(conv_in))
 
 
 class BasicBlock(nn.Module):
@@ -181,14 +187,16 @@ class BasicBlock(nn.Module):
     conv = functools.partial(ConvNoBias, init_name=self.init_name)
     y = conv(self.features, 3, self.stride, 1)(x)
     y, m1 = BatchNorm()(y, train)
-    y = conv(self.features, 3, 1, 1)(nn.relu(y))
+    conv_in = [x, nn.relu(y)]
+    y = conv(self.features, 3, 1, 1)(conv_in[1])
     y, m2 = BatchNorm()(y, train)
     moments = [m1, m2]
     if self.stride != 1 or x.shape[-1] != self.features:
+      conv_in.append(x)
       x = conv(self.features, 1, self.stride, 0)(x)
       x, m3 = BatchNorm()(x, train)
       moments.append(m3)
-    return nn.relu(y + x), moments
+    return nn.relu(y + x), moments, conv_in
 
 
 class ResNet(nn.Module):
@@ -200,6 +208,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
+    conv_in = [x]
     x = ConvNoBias(self.width, 3, 1, 1, self.init_name)(x)
     x, mom = BatchNorm()(x, train)
     moments = [mom]
@@ -207,13 +216,14 @@ class ResNet(nn.Module):
     for i, blocks in enumerate(self.stage_blocks):
       for b in range(blocks):
         stride = 2 if i > 0 and b == 0 else 1
-        x, mom = BasicBlock(self.width * 2**i, stride, self.init_name)(
+        x, mom, ins = BasicBlock(self.width * 2**i, stride, self.init_name)(
             x, train)
         moments.extend(mom)
+        conv_in.extend(ins)
     feats = jnp.mean(x, axis=(1, 2))
     head_init = "torch" if self.init_name == "he_fan_out" else self.init_name
     logits = Dense(self.num_classes, head_init)(feats)
-    return logits, tuple(moments), feats
+    return logits, tuple(moments), feats, tuple(conv_in)
 
 
 class MLP(nn.Module):
@@ -226,10 +236,14 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     del train
+    conv_in = [x]  # the first layer's input, as an image.
     x = x.reshape(x.shape[0], -1)
-    for _ in range(self.depth):
+    for d in range(self.depth):
+      if d:
+        conv_in.append(x)
       x = nn.relu(Dense(self.width, self.init_name)(x))
-    return Dense(self.num_classes, self.init_name)(x), (), x
+    return (Dense(self.num_classes, self.init_name)(x), (), x,
+            tuple(conv_in))
 
 
 _DEFAULTS = {
@@ -344,7 +358,9 @@ def spec_for(arch: str, *, width: int, depth: int, num_classes: int,
              image_shape, norm: str = "batch") -> dict:
   """A spec from the usual (arch, width, depth) fields, keeping only those
   the architecture takes (ResNet-18 has a fixed depth; only the ConvNet
-  has a norm choice)."""
+  has a norm choice; "convnet_in" is convnet_bn with instance norm)."""
+  if arch == "convnet_in":
+    arch, norm = "convnet_bn", "instance"
   spec = {"arch": arch, "width": width, "num_classes": num_classes,
           "image_shape": tuple(image_shape)}
   if arch != "resnet18":
@@ -384,16 +400,16 @@ def build(spec: Mapping[str, Any] | None = None, **kwargs) -> StatModel:
     if stats:
       inputs["batch_stats"] = stats
     if train and stats:
-      (logits, layers_, feats), state = module.apply(
+      (logits, layers_, feats, conv_in), state = module.apply(
           inputs, x, True, mutable=["batch_stats"])
       stats = state["batch_stats"]
     else:
-      logits, layers_, feats = module.apply(inputs, x, train)
+      logits, layers_, feats, conv_in = module.apply(inputs, x, train)
     moments = tuple(m for m, _ in layers_)
     running = tuple(r for _, r in layers_)
     return logits, {"batch_stats": stats, "moments": moments,
                     "running": running,
-                    "features": feats}
+                    "features": feats, "conv_inputs": conv_in}
 
   return StatModel(init=init, apply=apply, name=spec["arch"], spec=spec)
 

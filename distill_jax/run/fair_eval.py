@@ -20,6 +20,11 @@ identical protocols:
     features, measured on test features);
   * optional cross-architecture students (soft labels).
 
+The soft labels come from the run's teacher or from a `relabel` teacher
+(G-VBSM: the ensemble of its pool), for the set and for random real alike;
+`relabel_teacher` in the result names it. Diversity, the full-data student
+and TD use the run's teacher.
+
 Epochs are chosen on the validation split, never on the test set (every
 released implementation selects on test, C.8 item 1); mean +- std over
 `students` seeds.
@@ -57,14 +62,19 @@ def _floats(ds: data.Dataset, x):
   return data.decode(x, ds.mean, ds.std) if x.dtype == np.uint8 else x
 
 
-def _cached(cfg, ds, ipc, post, cache_dir: str, log, compute) -> dict:
+def _cached(cfg, ds, ipc, post, cache_dir: str, log, compute,
+            relabel=None) -> dict:
   """Random-real results under `post`, computed once per (teacher, data,
-  IPC, protocol, seed) and kept beside the cached teachers: every method
-  of a comparison is scored against the same random-real students."""
-  key = hashlib.sha256(json.dumps(
-      {"teacher": teacher_lib.fingerprint(cfg.teacher_cfg(), ds), "ipc": ipc,
-       "protocol": dataclasses.asdict(post), "seed": cfg.seed},
-      sort_keys=True).encode()).hexdigest()[:16]
+  IPC, protocol, seed, relabel pool) and kept beside the cached teachers:
+  every method of a comparison is scored against the same random-real
+  students."""
+  fields = {"teacher": teacher_lib.fingerprint(cfg.teacher_cfg(), ds),
+            "ipc": ipc, "protocol": dataclasses.asdict(post),
+            "seed": cfg.seed}
+  if relabel is not None and post.labels != "hard":
+    fields["relabel"] = relabel.meta["pool"]
+  key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()
+                       ).hexdigest()[:16]
   path = os.path.join(cache_dir, f"random_real_{key}.json")
   if os.path.exists(path):
     log(f"eval: random real ({post.labels}), reusing {os.path.basename(path)}")
@@ -92,7 +102,7 @@ def full_data_student(cfg, ds, teacher, cache_dir: str, log=print):
 
 
 def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
-             cache_dir: str, stored=None, log=print) -> dict:
+             cache_dir: str, stored=None, relabel=None, log=print) -> dict:
   """Scores (images (N, H, W, C), labels (N,)) under the fair protocol.
 
   Args:
@@ -103,6 +113,8 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
     teacher: the `teacher.Teacher` of the soft labels.
     cache_dir: where full-data students are cached.
     stored: stored labels for labels="stored", or None (computed).
+    relabel: the soft labels' teacher (e.g. a `relabel.Ensemble`), or None
+      (`teacher`).
     log: progress messages.
 
   Returns:
@@ -112,10 +124,15 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
   labels = np.asarray(labels, np.int32)
   c = ds.num_classes
   ipc = max(1, len(labels) // c)
-  out = {"protocol": dataclasses.asdict(cfg.post_cfg()), "ipc": ipc}
+  soft_teacher = teacher if relabel is None else relabel
+  out = {"protocol": dataclasses.asdict(cfg.post_cfg()), "ipc": ipc,
+         "relabel_teacher": (
+             "the run's teacher" if relabel is None else
+             "ensemble of " + ", ".join(
+                 f"{r['arch']} w{r['width']}" for r in relabel.meta["pool"]))}
   log(f"eval: soft-label students ({cfg.post.labels})")
-  soft = posttrain.train_students(cfg.post_cfg(), images, labels, ds, teacher,
-                                  stored)
+  soft = posttrain.train_students(cfg.post_cfg(), images, labels, ds,
+                                  soft_teacher, stored)
   out["soft"] = _strip(soft)
   hard = None
   if cfg.eval_hard:
@@ -130,7 +147,8 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
     rx = _floats(ds, np.asarray(rx)).reshape(-1, *ds.image_shape)
     ry = np.asarray(ry).reshape(-1)
     rand_soft = _cached(cfg, ds, ipc, cfg.post_cfg(), cache_dir, log, lambda: (
-        posttrain.train_students(cfg.post_cfg(), rx, ry, ds, teacher)))
+        posttrain.train_students(cfg.post_cfg(), rx, ry, ds, soft_teacher)),
+                        relabel=relabel)
     out["random_real_soft"] = rand_soft
     if cfg.eval_hard:
       rand_hard = _cached(
@@ -141,7 +159,7 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
   for arch in [a for a in cfg.cross_archs.split(",") if a]:
     log(f"eval: cross-architecture students ({arch})")
     out[f"soft_{arch}"] = _strip(posttrain.train_students(
-        cfg.post_cfg(arch=arch), images, labels, ds, teacher, stored))
+        cfg.post_cfg(arch=arch), images, labels, ds, soft_teacher, stored))
   if not cfg.eval_metrics:
     return out
   full = full_data_student(cfg, ds, teacher, cache_dir, log)
@@ -153,7 +171,7 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
         acc_rand_hard=(None if rand_hard is None else
                        np.asarray(rand_hard["test"])))
   teacher_bytes = sum(int(np.asarray(a).nbytes) for a in jax.tree.leaves(
-      teacher.variables))
+      soft_teacher.variables))
   out["bytes"] = {
       "images": metrics.image_bytes(images),
       "hard_labels": metrics.label_bytes("hard", num_images=len(labels)),

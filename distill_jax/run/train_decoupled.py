@@ -10,6 +10,8 @@
     backbone + linear probe, `methods.decoupled.ssl`, cached beside the
     supervised teacher); relabel and post-train use the supervised
     teacher, as the released code does (METHODS.md C.8 item 8);
+  * gvbsm: the same loop with the pool of teachers round-robin
+    (`methods.decoupled.gvbsm`), soft labels from the pool's ensemble;
   * rded: teacher-scored crop selection, no optimisation;
   * random_real: class-balanced random training images;
 
@@ -30,6 +32,7 @@ from distill_jax import data
 from distill_jax import distilled_set
 from distill_jax.data import crops
 from distill_jax.methods.decoupled import config as config_lib
+from distill_jax.methods.decoupled import gvbsm
 from distill_jax.methods.decoupled import pixels
 from distill_jax.methods.decoupled import rded
 from distill_jax.methods.decoupled import recover
@@ -58,8 +61,10 @@ def load_data(cfg: config_lib.DecoupledConfig, data_dir=None):
 
 
 def recover_images(cfg, ds, teacher, workdir: str, *, resume: bool,
-                   show_progress: bool, log=print):
-  """The recover loop; returns ((C, IPC, H, W, ch) images, info)."""
+                   show_progress: bool, log=print, pool=None):
+  """The recover loop; returns ((C, IPC, H, W, ch) images, info).
+
+  G-VBSM: `pool` is its list of teachers (`gvbsm.load_pool`)."""
   rcfg = cfg.recover_cfg()
   c = ds.num_classes
   key = jax.random.key(cfg.seed)
@@ -69,12 +74,20 @@ def recover_images(cfg, ds, teacher, workdir: str, *, resume: bool,
     scores = _true_class_prob(teacher, ds.x_train, ds.y_train)
   x0 = recover.init_images(rcfg, k_init, c, ds.image_shape, ds.x_train,
                            ds.y_train, scores)
-  objective = terms.sre2l(rcfg.r_bn, rcfg.first_bn_multiplier)
-  step = recover.RoundStep(rcfg, teacher, objective, ds.image_shape, c,
-                           ds.mean, ds.std)
-  tx = recover.optimizer(rcfg)
   from distill_jax.core import outer  # pylint: disable=g-import-not-at-top
-  state = outer.init_state({"x": jnp.asarray(x0, jnp.float32)}, tx)
+  if rcfg.method == "gvbsm":
+    tcfgs = gvbsm.member_cfgs(cfg.teacher_cfg(), cfg.gvbsm_pool)
+    log("gvbsm: real conv statistics, one pass per teacher")
+    targets_ = [gvbsm.real_conv_stats(t, tc, ds.x_train, rcfg.stats_batch,
+                                      cfg.seed) for t, tc in zip(pool, tcfgs)]
+    step = gvbsm.GvbsmStep(rcfg, pool, targets_, c, ds.mean, ds.std)
+    state = outer.init_state(step.init_learned(x0), step.tx)
+  else:
+    objective = terms.sre2l(rcfg.r_bn, rcfg.first_bn_multiplier)
+    step = recover.RoundStep(rcfg, teacher, objective, ds.image_shape, c,
+                             ds.mean, ds.std)
+    state = outer.init_state({"x": jnp.asarray(x0, jnp.float32)},
+                             recover.optimizer(rcfg))
   targets = jnp.repeat(jnp.arange(c), rcfg.ipc)
   loop = loop_lib.LoopConfig(
       total=rcfg.iterations, seed=cfg.seed, real_batch=1,
@@ -144,7 +157,14 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
   ds = dataset if dataset is not None else load_data(cfg, data_dir)
   cache = cfg.teacher_cache or default_cache()
   teacher = teacher_lib.load_or_train(cfg.teacher_cfg(), ds, cache, log=log)
-  info, extra_meta = {}, {}
+  info, extra_meta, pool, relabel_teacher = {}, {}, None, None
+  if cfg.method == "gvbsm":
+    pool = gvbsm.load_pool(cfg.teacher_cfg(), cfg.gvbsm_pool, ds, cache,
+                           log=log)
+    relabel_teacher = gvbsm.ensemble(pool, ds)
+    info["pool"] = [{"recipe": p.meta["recipe"], "test_acc": p.meta["test_acc"]}
+                    for p in pool]
+    info["ensemble_test_acc"] = relabel_teacher.meta["test_acc"]
   t = time.time()
   if cfg.method == "scdd":
     ssl_teacher = ssl.load_or_train(cfg.ssl_cfg(),
@@ -154,12 +174,14 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
                                  if k != "class_names"}
     info["ssl_probe_test_acc"] = ssl_teacher.meta["test_acc"]
     t = time.time()
-    x, info2 = recover_images(cfg, ds, ssl_teacher, workdir, resume=resume,
-                              show_progress=show_progress, log=log)
-    info.update(info2)
+    x, info_r = recover_images(cfg, ds, ssl_teacher, workdir, resume=resume,
+                               show_progress=show_progress, log=log)
+    info.update(info_r)
   elif cfg.method in recover.METHODS:
-    x, info = recover_images(cfg, ds, teacher, workdir, resume=resume,
-                             show_progress=show_progress, log=log)
+    x, info_r = recover_images(cfg, ds, teacher, workdir, resume=resume,
+                               show_progress=show_progress, log=log,
+                               pool=pool)
+    info.update(info_r)
   elif cfg.method == "rded":
     x = rded_images(cfg, ds, teacher)
   else:
@@ -185,7 +207,7 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
   flat_x = x.reshape(-1, *ds.image_shape)
   labels = np.repeat(np.arange(ds.num_classes), cfg.ipc).astype(np.int32)
   ev = fair_eval.evaluate(cfg, flat_x, labels, ds, teacher, cache_dir=cache,
-                          log=log)
+                          relabel=relabel_teacher, log=log)
   report = {"method": cfg.method, "dataset": ds.name, "ipc": cfg.ipc,
             "test_acc": ev["soft"]["test_acc"],
             "teacher_test_acc": teacher.meta["test_acc"],

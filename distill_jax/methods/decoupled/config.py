@@ -15,17 +15,21 @@ SC-DD's recover settings (`SCDD_RECOVER`, C.3's CIFAR ones) to every
 recover field not given in the same call, so presets and explicit flags
 combine: `--preset=fashion_ipc10 --method=scdd --recover_lr=0.2` keeps
 lr 0.2 and takes SC-DD's r_bn, jitter, crop and flip.
+G-VBSM's pool (`gvbsm_pool`) lists the teachers trained with the teacher
+recipe, one architecture each.
 """
 
 import dataclasses
 import json
 
+from distill_jax.methods.decoupled import gvbsm
 from distill_jax.methods.decoupled import posttrain
 from distill_jax.methods.decoupled import recover as recover_lib
 from distill_jax.methods.decoupled import ssl as ssl_lib
 from distill_jax.methods.decoupled import teacher as teacher_lib
 
-METHODS = ("sre2l", "cda", "delt", "rded", "random_real", "scdd")
+METHODS = ("sre2l", "cda", "delt", "gvbsm", "rded", "random_real",
+           "scdd")
 # SC-DD's recover (METHODS.md C.3, CIFAR; C.7): SRe2L with these settings.
 SCDD_RECOVER = {"recover_lr": 0.4, "recover_r_bn": 0.005,
                 "recover_jitter": 4, "recover_crop": False,
@@ -58,6 +62,7 @@ class DecoupledConfig:
   rded_factor: int = 1
   rded_crops: int = 5
   rded_candidates: int = 300
+  gvbsm_pool: str = "convnet_bn,convnet_in,resnet_small,mlp"
   post: posttrain.PostTrainConfig = dataclasses.field(
       default_factory=posttrain.PostTrainConfig)
   eval_hard: bool = True
@@ -89,6 +94,8 @@ class DecoupledConfig:
                        f"teacher_arch={self.teacher.arch}, teacher_norm="
                        f"{self.teacher.norm}); use convnet_bn with norm "
                        "batch or a ResNet.")
+    if self.method == "gvbsm":
+      gvbsm.parse_pool(self.gvbsm_pool)
     self.recover_cfg()
     return self
 
@@ -104,8 +111,10 @@ class DecoupledConfig:
                                seed=self.seed)
 
   def post_cfg(self, **overrides) -> posttrain.PostTrainConfig:
+    """The post-train protocol; loss "" is G-VBSM's mse_ce, else kl."""
+    loss = self.post.loss or ("mse_ce" if self.method == "gvbsm" else "kl")
     return dataclasses.replace(
-        self.post, seed=self.seed,
+        self.post, seed=self.seed, loss=loss,
         eval_every=min(self.post.eval_every, self.post.epochs), **overrides)
 
   def to_json(self) -> str:

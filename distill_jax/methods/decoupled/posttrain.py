@@ -11,7 +11,9 @@ Students are trained with the one routine that trains fresh networks
     (`relabel.store`), the views re-created from their keys.
 
 KL is batch-mean KL(p_teacher || p_student) at temperature T, optionally
-x T^2 (METHODS.md C.6 item 4). AdamW (no decay on 1-D parameters) or SGD,
+x T^2 (METHODS.md C.6 item 4). `loss="mse_ce"` (G-VBSM, C.4) is instead
+MSE(z_student, z_teacher) + ce_weight * CE(z_student, label) on the
+teacher's (an ensemble's mean) logits, no temperature. AdamW (no decay on 1-D parameters) or SGD,
 cosine to 0 (SRe2L) or the half cosine ending at 0.5x (RDED/DELT, C.5).
 Every `eval_every` epochs the students are scored on the validation split;
 the reported test accuracy is at the epoch with the best mean validation
@@ -36,6 +38,7 @@ from distill_jax.nn import stat_models
 LABELS = ("hard", "online", "stored")
 MIXES = ("cutmix", "mixup", "none")
 SELECTS = ("val", "last")
+LOSSES = ("", "kl", "mse_ce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,8 @@ class PostTrainConfig:
   schedule: str = "cosine"
   temperature: float = 20.0
   t_squared: bool = False
+  loss: str = ""  # soft-label loss: kl, mse_ce; "" = kl (G-VBSM: mse_ce).
+  ce_weight: float = 0.15  # mse_ce: weight of the CE on the label.
   mix: str = "cutmix"
   crop: bool = True
   min_scale: float = 0.25
@@ -68,6 +73,7 @@ class PostTrainConfig:
 
   def __post_init__(self):
     for name, allowed in (("labels", LABELS), ("mix", MIXES),
+                          ("loss", LOSSES),
                           ("select", SELECTS),
                           ("teacher_bn", relabel.BN_MODES),
                           ("optimizer", teacher_lib.OPTIMIZERS),
@@ -80,6 +86,8 @@ class PostTrainConfig:
       raise ValueError("epochs, students and eval_every must be >= 1.")
     if not self.temperature > 0 or not self.lr > 0:
       raise ValueError("temperature and lr must be > 0.")
+    if self.ce_weight < 0:
+      raise ValueError(f"ce_weight={self.ce_weight} must be >= 0.")
 
   def view(self) -> relabel.ViewConfig:
     return relabel.ViewConfig(crop=self.crop, min_scale=self.min_scale,
@@ -105,6 +113,22 @@ def kd_loss(temperature: float, t_squared: bool):
     logq = jax.nn.log_softmax(logits / temperature)
     kl = jnp.sum(jax.scipy.special.xlogy(p, p) - p * logq, -1)
     return jnp.mean(kl) * (temperature ** 2 if t_squared else 1.0)
+  return loss
+
+
+def mse_ce_loss(ce_weight: float):
+  """`(logits, [z_teacher, y]) -> MSE(logits, z_teacher) + w CE(logits, y)`.
+
+  The target is the teacher logits (N, K) concatenated with the (mixed)
+  one-hot labels (N, K) (`relabel.with_hard_labels`); MSE is the mean over
+  all N x K entries (PyTorch's MSELoss), CE the batch mean.
+  """
+  def loss(logits, target):
+    k = logits.shape[-1]
+    z, y = target[:, :k], target[:, k:]
+    mse = jnp.mean(jnp.square(logits - z))
+    ce = -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits), -1))
+    return mse + ce_weight * ce
   return loss
 
 
@@ -152,16 +176,21 @@ def train_students(cfg: PostTrainConfig, images, labels, ds, teacher=None,
   else:
     if teacher is None and (cfg.labels == "online" or stored is None):
       raise ValueError(f"labels={cfg.labels!r} needs a teacher.")
+    output = "logits" if cfg.loss == "mse_ce" else "probs"
     if cfg.labels == "online":
       augment, targets = relabel.online_targets(
-          teacher, cfg.view(), cfg.temperature, cfg.teacher_bn)
+          teacher, cfg.view(), cfg.temperature, cfg.teacher_bn, output)
     else:
       stored = stored or relabel.store(
           teacher, images, cfg.stored_epochs or cfg.epochs, cfg.view(),
           bn_mode=cfg.teacher_bn, top_k=cfg.stored_topk)
       augment, targets = relabel.stored_targets(stored, per_epoch,
-                                                cfg.temperature)
-    loss = kd_loss(cfg.temperature, cfg.t_squared)
+                                                cfg.temperature, output)
+    if cfg.loss == "mse_ce":
+      targets = relabel.with_hard_labels(targets, labels, ds.num_classes)
+      loss = mse_ce_loss(cfg.ce_weight)
+    else:
+      loss = kd_loss(cfg.temperature, cfg.t_squared)
   steps = cfg.epochs * per_epoch
   tx = teacher_lib.optimizer(cfg.optimizer, cfg.lr, steps,
                              schedule=cfg.schedule,

@@ -9,7 +9,10 @@ One recover loop serves every method; a method is a set of loss terms
   * "delt": CDA from real images of median teacher confidence, with
     DELT's early-late rounds: image i of a class joins at round r_i and
     gets (R - r_i) x round_iterations iterations; each iteration forwards
-    only the active images (C.5).
+    only the active images (C.5);
+  * "gvbsm": a pool of teachers used round-robin, EMA statistics, conv
+    statistics and the Gram term, class-grouped batches (C.4; its step is
+    `gvbsm.GvbsmStep`, its terms `gvbsm_terms`).
 
 The images (C, IPC, H, W, ch) are the learned pytree of the bilevel
 library's outer step (`core.outer.make_step`): Adam (0.5, 0.9), cosine to 0
@@ -36,7 +39,7 @@ from distill_jax.methods.decoupled import schedules
 from distill_jax.methods.decoupled import terms as terms_lib
 from distill_jax.platform import xla_options
 
-METHODS = ("sre2l", "cda", "delt")
+METHODS = ("sre2l", "cda", "delt", "gvbsm")
 BATCHING = ("cross_class", "class_grouped")
 INITS = ("noise", "real_medium", "real_random")
 
@@ -61,6 +64,11 @@ class RecoverConfig:
   milestone: float = 1.0
   init: str = ""  # "" = the method's (noise; DELT: real_medium).
   rounds: int = 8  # DELT: R rounds of iterations / R iterations each.
+  ema_alpha: float = 0.8  # G-VBSM: EMA coefficient of matched statistics.
+  drop_rate: float = 0.4  # G-VBSM: probability of dropping a conv hook.
+  nuc_norm: float = 1.0  # G-VBSM: weight of the Gram term.
+  tau: float = 4.0  # G-VBSM: temperature of the Gram term's target.
+  stats_batch: int = 256  # G-VBSM: batch of the real conv-statistics pass.
   seed: int = 0
 
   def __post_init__(self):
@@ -78,11 +86,15 @@ class RecoverConfig:
                        f"multiple of rounds={self.rounds}.")
     if not 0 < self.min_scale <= 1 or not self.lr > 0:
       raise ValueError("min_scale must be in (0, 1] and lr > 0.")
+    if not (0 <= self.ema_alpha < 1 and 0 <= self.drop_rate < 1
+            and self.tau > 0 and self.nuc_norm >= 0 and self.stats_batch > 0):
+      raise ValueError("G-VBSM: ema_alpha and drop_rate must be in [0, 1), "
+                       "tau > 0, nuc_norm >= 0 and stats_batch >= 1.")
 
   @property
   def batch_mode(self) -> str:
-    return self.batching or ("class_grouped" if self.method == "delt"
-                             else "cross_class")
+    return self.batching or ("class_grouped" if self.method in (
+        "delt", "gvbsm") else "cross_class")
 
   @property
   def init_mode(self) -> str:
@@ -125,7 +137,7 @@ def active_batches(cfg: RecoverConfig, index: np.ndarray,
 
 def min_scale_at(cfg: RecoverConfig, t):
   """The RRC scale floor at global iteration t."""
-  if cfg.method == "sre2l":
+  if cfg.method in ("sre2l", "gvbsm"):
     return jnp.float32(cfg.min_scale)
   return schedules.min_crop(t, cfg.iterations, cfg.milestone, cfg.cda_mode,
                             floor=cfg.min_scale)
@@ -137,6 +149,15 @@ def optimizer(cfg: RecoverConfig) -> optax.GradientTransformation:
   return optax.adam(rate, b1=0.5, b2=0.9, eps=1e-8)
 
 
+def augment(cfg: RecoverConfig, key, xb, min_scale):
+  """The recover augmentation of one batch (N, H, W, C): RRC, flip, roll."""
+  h, w = xb.shape[1:3]
+  p = crops.sample_augment(
+      key, xb.shape[0], h, w, crop=cfg.crop, min_scale=min_scale,
+      flip=cfg.flip, jitter=cfg.jitter or None, per_image=cfg.per_image_aug)
+  return crops.apply_augment(xb, p)
+
+
 def grad_fn(cfg: RecoverConfig, teacher, objective: terms_lib.Terms,
             image_shape):
   """`(learned, step, index, targets, key) -> (loss, grads, metrics)`.
@@ -145,15 +166,10 @@ def grad_fn(cfg: RecoverConfig, teacher, objective: terms_lib.Terms,
   (C * IPC,) their classes. The teacher runs in eval mode (running
   statistics); its BN input moments are matched to its running ones.
   """
-  h, w = image_shape[:2]
+  del image_shape  # the augmentation reads it from the images.
 
   def batch_loss(x_flat, idx, tgt, key, min_scale):
-    xb = x_flat[idx]
-    p = crops.sample_augment(
-        key, xb.shape[0], h, w, crop=cfg.crop, min_scale=min_scale,
-        flip=cfg.flip, jitter=cfg.jitter or None,
-        per_image=cfg.per_image_aug)
-    xa = crops.apply_augment(xb, p)
+    xa = augment(cfg, key, x_flat[idx], min_scale)
     logits, aux = teacher.model.apply(teacher.variables, xa, train=False)
     loss, values = objective(logits, terms_lib.with_inputs(aux, xa), tgt,
                              aux["running"])

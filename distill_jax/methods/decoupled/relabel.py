@@ -14,6 +14,11 @@ METHODS.md C.8 "Users' reports"):
     box area (`data.crops.mix_targets`) since the teacher never saw the
     mixed image.
 
+The teacher may be a `relabel.Ensemble` of teachers (G-VBSM): its soft
+labels are the mean of the members' softmax (online), its logits the mean
+of the members' logits (stored labels and the MSE target, as G-VBSM's FKD
+files hold the ensemble-mean logits).
+
 The teacher's BatchNorm mode is a flag (`teacher_bn`): "eval" uses running
 statistics; "train" normalises with each batch's statistics, as SRe2L's
 CIFAR relabel code does by never calling `.eval()` (C.6 item 3; the running
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.data import crops
+from distill_jax.nn import stat_models
 
 BN_MODES = ("eval", "train")
 
@@ -57,13 +63,55 @@ def views(cfg: ViewConfig, epoch, image_ids, images):
   return jax.vmap(one)(keys, images)
 
 
+class Ensemble:
+  """Teachers used together (the `teacher.Teacher` interface).
+
+  `model.apply(variables, x, train=)` returns the mean of the members'
+  logits and the first member's aux (features); `variables` is the tuple
+  of the members' variables; `meta["pool"]` lists the members' recipes.
+  """
+
+  def __init__(self, members):
+    self.members = tuple(members)
+    if not self.members:
+      raise ValueError("an ensemble needs at least one teacher.")
+    models = tuple(m.model for m in self.members)
+
+    def apply(variables, x, *, train: bool = False):
+      outs = [m.apply(v, x, train=train) for m, v in zip(models, variables)]
+      return sum(o[0] for o in outs) / len(outs), outs[0][1]
+    self.model = stat_models.StatModel(
+        init=None, apply=apply, name="ensemble",
+        spec={"arch": "ensemble", "members": [m.spec for m in models]})
+    self.variables = tuple(m.variables for m in self.members)
+    self.meta = {"kind": "ensemble",
+                 "pool": [m.meta["recipe"] for m in self.members],
+                 "member_test_acc": [m.meta["test_acc"]
+                                     for m in self.members]}
+
+  def logits(self, x, *, train: bool = False):
+    return self.model.apply(self.variables, x, train=train)[0]
+
+
 def teacher_logits(teacher, images, bn_mode: str = "eval"):
-  """Teacher logits, BN with running ("eval") or batch ("train") stats."""
+  """Teacher logits, BN with running ("eval") or batch ("train") stats
+  (an `Ensemble`: the mean of its members' logits)."""
   if bn_mode not in BN_MODES:
     raise ValueError(f"teacher_bn={bn_mode!r}; choose one of {BN_MODES}.")
   logits, _ = teacher.model.apply(teacher.variables, images,
                                   train=bn_mode == "train")
   return logits
+
+
+def teacher_probs(teacher, images, temperature: float,
+                  bn_mode: str = "eval"):
+  """softmax(logits / T); an `Ensemble`: the mean of its members'."""
+  if isinstance(teacher, Ensemble):
+    return sum(jax.nn.softmax(teacher_logits(m, images, bn_mode)
+                              / temperature)
+               for m in teacher.members) / len(teacher.members)
+  return jax.nn.softmax(teacher_logits(teacher, images, bn_mode)
+                        / temperature)
 
 
 @dataclasses.dataclass
@@ -135,13 +183,13 @@ def store(teacher, images, epochs: int, view: ViewConfig, *,
 
 
 def stored_targets(labels: StoredLabels, steps_per_epoch: int,
-                   temperature: float) -> tuple:
+                   temperature: float, output: str = "probs") -> tuple:
   """(augment, targets) callables for `eval.fit.supervised`.
 
   Step t is in epoch t // steps_per_epoch (cycling over the stored epochs);
   image i's view and logits are those stored for (epoch, i). Targets are
   the teacher's probabilities at `temperature` (mixed by box area under
-  CutMix/Mixup).
+  CutMix/Mixup), or with `output="logits"` the stored logits (mixed alike).
   """
   dense = labels.dense()
   stored_epochs = labels.epochs
@@ -155,25 +203,39 @@ def stored_targets(labels: StoredLabels, steps_per_epoch: int,
 
   def targets(key, t, idx, images, mixing):
     del key, images
-    p = jax.nn.softmax(dense[epoch_of(t), idx] / temperature)
+    z = dense[epoch_of(t), idx]
+    p = z if output == "logits" else jax.nn.softmax(z / temperature)
     return p if mixing is None else crops.mix_targets(p, mixing)
   return augment, targets
 
 
 def online_targets(teacher, view: ViewConfig, temperature: float,
-                   bn_mode: str = "eval"):
+                   bn_mode: str = "eval", output: str = "probs"):
   """(augment, targets) callables: per-image views from (step, image id),
-  the teacher's probabilities at `temperature` on exactly the (mixed)
-  student input."""
+  the teacher's probabilities at `temperature` (`teacher_probs`), or with
+  `output="logits"` its logits, on exactly the (mixed) student input."""
   def augment(key, t, idx, images):
     del key
     return views(view, t, idx, images)
 
   def targets(key, t, idx, images, mixing):
     del key, t, idx, mixing
-    return jax.nn.softmax(teacher_logits(teacher, images, bn_mode)
-                          / temperature)
+    if output == "logits":
+      return teacher_logits(teacher, images, bn_mode)
+    return teacher_probs(teacher, images, temperature, bn_mode)
   return augment, targets
+
+
+def with_hard_labels(targets, y, num_classes: int):
+  """`targets` with the images' one-hot labels (mixed under CutMix/Mixup)
+  appended: (N, K) -> (N, 2K), for losses that also use the label."""
+  onehot = jax.nn.one_hot(jnp.asarray(y), num_classes)
+
+  def fn(key, t, idx, images, mixing):
+    z = onehot[idx]
+    z = z if mixing is None else crops.mix_targets(z, mixing)
+    return jnp.concatenate([targets(key, t, idx, images, mixing), z], -1)
+  return fn
 
 
 def hard_targets(y, view: ViewConfig | None, num_classes: int) -> tuple:
