@@ -161,7 +161,7 @@ def test_workdir_that_is_a_file(fake_data, tmp_path):
 def test_help_says_what_flags_mean(fake_data, tmp_path):
   proc = _run("dd_fashion_mnist", ["--help"], fake_data, tmp_path,
               check=False)  # absl exits 1 after --help.
-  assert "--arch: <lenet|alexcifarnet|convnet|mlp>: network architecture" in (
+  assert "--arch: <lenet|alexcifarnet|convnet|mlp|alexnet>: network architecture" in (
       proc.stdout)
   assert "DistillConfig." not in proc.stdout
   assert "quick: the README's main job" in proc.stdout.replace("\n    ", " ")
