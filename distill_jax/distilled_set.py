@@ -45,9 +45,11 @@ from distill_jax.data import zca as zca_lib
 
 FORMAT_VERSION = 2
 # Bilevel methods, then the decoupled family and its baselines (hard
-# labels stored; soft labels come from the teacher, `methods.decoupled`).
+# labels stored; soft labels come from the teacher, `methods.decoupled`),
+# then sets of other toolkits (`distill_jax.importers`; the source and its
+# preprocessing contract are in `metadata`).
 METHODS = ("dd", "rat_bptt", "boost_dd", "sre2l", "cda", "delt", "gvbsm",
-           "rded", "random_real", "scdd")
+           "rded", "random_real", "scdd", "imported")
 # Configuration fields that define the network (`models.build`).
 MODEL_FIELDS = ("arch", "init", "width", "depth", "norm", "pooling",
                 "mlp_hidden")
@@ -310,6 +312,35 @@ class DistilledSet:
     lo = back.min(axis=(1, 2, 3), keepdims=True)
     hi = back.max(axis=(1, 2, 3), keepdims=True)
     return (back - lo) / np.maximum(hi - lo, 1e-8)
+
+  def normalised_as(self, mean, std) -> "DistilledSet":
+    """The same set in another normalisation: images re-expressed so that
+    pixel = image * std + mean still holds with the new `mean`, `std`.
+
+    Args:
+      mean: (C,) or scalar target mean, in [0, 1] pixel units.
+      std: (C,) or scalar target std (> 0).
+
+    Returns:
+      A new `DistilledSet` (self when the normalisation is already equal).
+
+    Raises:
+      ValueError: the set is ZCA-whitened (its images are not per-channel
+        normalised pixels), or `std` is not positive.
+    """
+    c = np.shape(self.images)[-1]
+    mean = np.broadcast_to(_f32(mean), (c,)).copy()
+    std = np.broadcast_to(_f32(std), (c,)).copy()
+    if self.zca is not None:
+      raise ValueError("a ZCA-whitened set cannot be re-normalised per "
+                       "channel.")
+    if not np.all(std > 0):
+      raise ValueError(f"std {std.tolist()} must be positive.")
+    if np.array_equal(mean, self.mean) and np.array_equal(std, self.std):
+      return self
+    px = _f32(self.images) * _f32(self.std) + _f32(self.mean)
+    return self.replace(images=((px - mean) / std).astype(np.float32),
+                        mean=mean, std=std)
 
   # Checks.
 

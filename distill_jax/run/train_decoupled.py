@@ -31,6 +31,7 @@ import numpy as np
 from distill_jax import data
 from distill_jax import distilled_set
 from distill_jax.data import crops
+from distill_jax.importers import contract as import_contract
 from distill_jax.methods.decoupled import config as config_lib
 from distill_jax.methods.decoupled import gvbsm
 from distill_jax.methods.decoupled import pixels
@@ -229,14 +230,20 @@ def evaluate_file(cfg: config_lib.DecoupledConfig, workdir: str, *,
 
   The set's images and labels are scored exactly as a decoupled run's
   own set (`run.fair_eval`), with the teacher of `cfg` on the set's
-  dataset; sets whitened with ZCA are refused (the students would need
-  the whitened test split).
+  dataset, after mapping the set's normalisation to the dataset's
+  (`DistilledSet.normalised_as`: sets of other toolkits and of other
+  normalisations are scored in the students' input space). Sets whitened
+  with ZCA, stored or declared by an imported set's contract, are refused
+  (the students would need the whitened test split).
   """
   del resume
   dset = storage.load_distilled_set(distilled)
-  if dset.zca is not None:
-    raise ValueError(f"{distilled}: ZCA-whitened sets are not supported by "
-                     "the fair evaluation yet; distil without --zca.")
+  if import_contract.is_zca(dset):
+    raise ValueError(
+        f"{distilled}: ZCA-whitened sets are not supported by the fair "
+        "evaluation (its students train on the unwhitened dataset); "
+        + ("distil without --zca." if dset.method != "imported" else
+           "this imported set's contract says ZCA."))
   cfg = dataclasses.replace(cfg, dataset=dset.dataset,
                             ipc=max(1, len(dset.labels) //
                                     dset.num_classes))
@@ -250,12 +257,16 @@ def evaluate_file(cfg: config_lib.DecoupledConfig, workdir: str, *,
                        "--channels to the set's.")
     cache = cfg.teacher_cache or default_cache()
     teacher = teacher_lib.load_or_train(cfg.teacher_cfg(), ds, cache, log=log)
-    ev = fair_eval.evaluate(cfg, dset.images, dset.labels, ds, teacher,
+    images = dset.normalised_as(ds.mean, ds.std).images
+    ev = fair_eval.evaluate(cfg, images, dset.labels, ds, teacher,
                             cache_dir=cache, log=log)
     report = {"distilled": distilled, "method": dset.method,
               "dataset": ds.name, "ipc": cfg.ipc,
               "test_acc": ev["soft"]["test_acc"],
               "teacher_test_acc": teacher.meta["test_acc"],
               "evaluation": ev}
+    if dset.method == "imported":
+      report["imported"] = {k: dset.metadata.get(k)
+                            for k in ("source", "contract")}
     storage.write_json(os.path.join(workdir, "report.json"), report)
     return report
