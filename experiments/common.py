@@ -248,6 +248,10 @@ def define_platform_flags(flag_values=FLAGS) -> None:
       "profile_steps", default.profile_steps, "trace this many outer steps "
       "with jax.profiler into <workdir>/profile (0: off)", lower_bound=0,
       **kw)
+  flags.DEFINE_string(
+      "mesh", default.mesh, "device mesh: auto (every device on the "
+      "method's axis: inits for DD/RaT-BPTT/Boost-DD, data for the decoupled "
+      "methods), none (one device) or sizes like inits:4,data:2", **kw)
 
 
 def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
@@ -263,7 +267,7 @@ def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
         malloc_arenas=malloc_arenas if arenas is None else arenas,
         keep_malloc_mapped=keep_mapped if keep is None else keep,
         tensorboard=flag_values.tensorboard,
-        profile_steps=flag_values.profile_steps)
+        profile_steps=flag_values.profile_steps, mesh=flag_values.mesh)
   except ValueError as e:
     fail(e)
 

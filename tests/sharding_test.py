@@ -24,8 +24,14 @@ SCRIPT = textwrap.dedent("""
     from tests import test_utils
     devices = int(sys.argv[1])
     assert jax.device_count() == devices, jax.devices()
-    assert (sharding.inits_mesh(4) is not None) == (devices == 2)
-    assert sharding.inits_mesh(3) is None
+    mesh = sharding.build("auto", sharding.INITS)
+    assert (mesh is not None) == (devices == 2)
+    if devices == 2:
+      try:
+        sharding.check_divisible(mesh, sharding.INITS, 3, "num_inits")
+        raise AssertionError("num_inits=3 on 2 devices was not refused")
+      except ValueError as e:
+        assert "num_inits=3" in str(e) and "2 devices" in str(e), e
     # DD.
     cfg = test_utils.tiny_config(num_inits=4)
     model, learned, labels, _, rx, ry = test_utils.tiny_problem(cfg)

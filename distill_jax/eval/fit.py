@@ -28,6 +28,7 @@ import optax
 
 from distill_jax.core import inner
 from distill_jax.core import unroll
+from distill_jax.platform import mesh as sharding
 
 PARALLEL = ("vmap", "map")
 
@@ -166,7 +167,7 @@ class NetState(NamedTuple):
 
 def supervised(model, tx, x, indices: Callable, loss: Callable, *,
                targets: Callable, augment: Callable | None = None,
-               mix: Callable | None = None) -> Trainer:
+               mix: Callable | None = None, mesh=None) -> Trainer:
   """Training of a network with statistics (teachers and students).
 
   Step t takes the minibatch `idx = indices(per_net, t)` of `x`, augments
@@ -190,6 +191,8 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
     targets: `(key, t, idx, images, mixing) -> targets`.
     augment: `(key, t, idx, images) -> images`, or None.
     mix: `(key, images) -> (images, mixing)`, or None (mixing = None).
+    mesh: the images and targets of each step are sharded over its "data"
+      axis (the parameters replicated; BN statistics stay global means).
 
   `per_net` holds "init_key" (the network's initialisation), "key" (its
   augmentation and mixing) and whatever `indices` needs ("keys"). The output
@@ -210,6 +213,7 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
     if mix is not None:
       images, mixing = mix(k_mix, images)
     tgt = jax.lax.stop_gradient(targets(k_tgt, t, idx, images, mixing))
+    images, tgt = sharding.shard_leading((images, tgt), mesh, sharding.DATA)
 
     def objective(params):
       logits, aux = model.apply(

@@ -102,7 +102,8 @@ def make_step(cfg: config_lib.DistillConfig, apply_fn, model_init,
   and applies the optimiser. `state` is donated. With several devices whose
   count divides `cfg.num_inits`, the initialisations are sharded across them.
   """
-  mesh = sharding.inits_mesh(cfg.num_inits)
+  mesh = sharding.from_platform(sharding.INITS)
+  sharding.check_divisible(mesh, sharding.INITS, cfg.num_inits, "num_inits")
   group = meta.resolve_group(cfg.num_inits, cfg.init_group, mesh is not None)
   step = outer.make_step(grad_fn(cfg, apply_fn, model_init, mesh, group), tx)
   return xla_options.jit(step, donate_argnums=(0,))

@@ -363,7 +363,8 @@ def make_step(cfg: RatConfig, model: models.Model,
   (Boost-DD "slow": beta on earlier blocks). `norm` = (mean, std) normalises
   a uint8 `x_train` batch after the gather (`Prepared.norm`).
   """
-  mesh = sharding.inits_mesh(cfg.num_inits)
+  mesh = sharding.from_platform(sharding.INITS)
+  sharding.check_divisible(mesh, sharding.INITS, cfg.num_inits, "num_inits")
   group = meta.resolve_group(cfg.num_inits, cfg.init_group, mesh is not None)
   step = outer.make_step(grad_fn(cfg, model, norm, mesh, group), tx,
                          clip_coef=cfg.clip_coef, x_scale=x_scale)

@@ -47,6 +47,9 @@ class Platform:
       in <workdir>/tensorboard (`run.observe`; needs tensorboardX).
     profile_steps: trace this many outer steps with `jax.profiler` into
       <workdir>/profile (0: off).
+    mesh: the ("inits", "data") device mesh (`platform.mesh.parse`):
+      "auto" (every device on the method's axis), "none" (one device) or
+      sizes like "inits:4,data:2".
   """
   xla_cpu_defaults: bool = False
   cpu_wide_conv: str = "xla_vjp"
@@ -54,6 +57,7 @@ class Platform:
   keep_malloc_mapped: bool | None = None
   tensorboard: bool = False
   profile_steps: int = 0
+  mesh: str = "auto"
 
   def __post_init__(self):
     from distill_jax.nn import layers  # pylint: disable=g-import-not-at-top
@@ -79,6 +83,8 @@ class Platform:
         self.profile_steps, int) or self.profile_steps < 0:
       raise ValueError(f"profile_steps={self.profile_steps!r} must be a "
                        "number of outer steps >= 0 (0: off).")
+    from distill_jax.platform import mesh  # pylint: disable=g-import-not-at-top
+    mesh.parse(self.mesh)
 
 
 @functools.cache

@@ -1,11 +1,14 @@
-"""Multi-device placement: the sampled-initialisation axis on a device mesh.
+"""Multi-device placement: one 2-D device mesh with axes ("inits", "data").
 
-The meta-gradient is vmapped over J initialisations; with several devices
-(TPU cores, GPUs, or `--xla_force_host_platform_device_count` on CPU) the J
-axis is split across a 1-D mesh named "inits" with a sharding constraint at
-the jit boundary. The distilled data and the real batch stay replicated and
-XLA inserts the all-reduce of the gradient. On one device this is a no-op, so
-the same code runs unchanged everywhere.
+The mesh is declared in the platform config (`Platform.mesh`, `--mesh`):
+"auto" puts every device on the axis the method uses ("inits" for the
+bilevel methods' sampled initialisations, "data" for batches), "none" runs
+on one device, and "inits:4,data:2" names the axis sizes (their product
+must be the device count). Leading axes are constrained at the jit boundary
+(`shard_leading`, `replicate`); XLA inserts the all-reduces, and since
+sharding never changes what jit computes, batch statistics stay global
+means. A count that its axis size does not divide is refused with a
+one-line ValueError. On one device every helper is a no-op.
 """
 
 import jax
@@ -14,21 +17,100 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-AXIS = "inits"
+INITS = "inits"
+DATA = "data"
+AXES = (INITS, DATA)
 
 
-def inits_mesh(num_inits: int) -> Mesh | None:
-  """A 1-D mesh over all devices if it divides `num_inits`, else None."""
-  devices = jax.devices()
-  if len(devices) < 2 or num_inits % len(devices):
+def parse(spec: str) -> dict | None:
+  """"auto" -> None; "none" -> {}; "inits:4,data:2" -> axis sizes.
+
+  Raises:
+    ValueError: an unknown axis or a size that is not a positive integer.
+  """
+  spec = spec.strip().lower()
+  if spec == "auto":
     return None
-  return Mesh(np.asarray(devices), (AXIS,))
+  if spec in ("none", ""):
+    return {}
+  sizes = {}
+  for part in spec.split(","):
+    name, _, size = part.partition(":")
+    if name.strip() not in AXES or not size.strip().isdigit() or int(
+        size) < 1 or name.strip() in sizes:
+      raise ValueError(f"mesh={spec!r}: use 'auto', 'none' or axis sizes "
+                       "like 'inits:4,data:2' (axes inits, data).")
+    sizes[name.strip()] = int(size)
+  return sizes
 
 
-def shard_leading(tree, mesh: Mesh | None):
-  """Constrains every leaf's leading axis to the mesh (inside jit)."""
+def build(spec: str, axis: str = INITS, devices=None) -> Mesh | None:
+  """The (inits, data) mesh of `spec`, or None on one device / "none".
+
+  Raises:
+    ValueError: the axis sizes do not multiply to the device count.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = parse(spec)
+  if sizes is None:
+    sizes = {axis: len(devices)}
+  if not sizes:
+    return None
+  shape = tuple(sizes.get(a, 1) for a in AXES)
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh={spec!r} needs {int(np.prod(shape))} devices "
+                     f"but there are {len(devices)}; make the axis sizes "
+                     "multiply to the device count, or use --mesh=auto.")
+  if len(devices) == 1:
+    return None
+  return Mesh(np.asarray(devices).reshape(shape), AXES)
+
+
+def from_platform(axis: str = INITS) -> Mesh | None:
+  """The mesh of the active `Platform.mesh` (read when a step is built)."""
+  from distill_jax.platform import config  # pylint: disable=g-import-not-at-top
+  return build(config.current().mesh, axis)
+
+
+def axis_size(mesh: Mesh | None, axis: str) -> int:
+  return 1 if mesh is None else int(mesh.shape[axis])
+
+
+def check_divisible(mesh: Mesh | None, axis: str, count: int,
+                    what: str) -> None:
+  """Refuses `count` (named `what`) that the mesh's `axis` does not divide.
+
+  Raises:
+    ValueError: one line naming the count, the device count and the fix.
+  """
+  size = axis_size(mesh, axis)
+  if count % size:
+    raise ValueError(
+        f"{what}={count} is not divisible by the {size} devices of the "
+        f"mesh's {axis!r} axis ({mesh.devices.size} devices in all); use a "
+        f"multiple of {size}, or another --mesh (e.g. --mesh=none for one "
+        "device).")
+
+
+def pad_to(count: int, mesh: Mesh | None, axis: str) -> int:
+  """The smallest multiple of the axis size that holds `count` entries."""
+  size = axis_size(mesh, axis)
+  return -(-count // size) * size
+
+
+def shard_leading(tree, mesh: Mesh | None, axis: str = INITS):
+  """Constrains every leaf's leading axis to the mesh's `axis` (in jit)."""
+  if mesh is None or axis_size(mesh, axis) == 1:
+    return tree
+  spec = NamedSharding(mesh, P(axis))
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec),
+                      tree)
+
+
+def replicate(tree, mesh: Mesh | None):
+  """Constrains every leaf to be replicated on every device (in jit)."""
   if mesh is None:
     return tree
-  spec = NamedSharding(mesh, P(AXIS))
+  spec = NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec),
                       tree)

@@ -37,6 +37,7 @@ from distill_jax.data import crops
 from distill_jax.methods.decoupled import pixels
 from distill_jax.methods.decoupled import schedules
 from distill_jax.methods.decoupled import terms as terms_lib
+from distill_jax.platform import mesh as sharding
 from distill_jax.platform import xla_options
 
 METHODS = ("sre2l", "cda", "delt", "gvbsm")
@@ -159,17 +160,19 @@ def augment(cfg: RecoverConfig, key, xb, min_scale):
 
 
 def grad_fn(cfg: RecoverConfig, teacher, objective: terms_lib.Terms,
-            image_shape):
+            image_shape, mesh=None):
   """`(learned, step, index, targets, key) -> (loss, grads, metrics)`.
 
   `index` (num_batches, B) selects the images of each batch, `targets`
   (C * IPC,) their classes. The teacher runs in eval mode (running
   statistics); its BN input moments are matched to its running ones.
+  Each batch's images are sharded over the "data" axis of `mesh`.
   """
   del image_shape  # the augmentation reads it from the images.
 
   def batch_loss(x_flat, idx, tgt, key, min_scale):
     xa = augment(cfg, key, x_flat[idx], min_scale)
+    xa = sharding.shard_leading(xa, mesh, sharding.DATA)
     logits, aux = teacher.model.apply(teacher.variables, xa, train=False)
     loss, values = objective(logits, terms_lib.with_inputs(aux, xa), tgt,
                              aux["running"])
@@ -202,14 +205,18 @@ class RoundStep:
   def __init__(self, cfg: RecoverConfig, teacher, objective, image_shape,
                num_classes: int, mean, std):
     self.cfg = cfg
+    mesh = sharding.from_platform(sharding.DATA)
     step = outer.make_step(
-        grad_fn(cfg, teacher, objective, image_shape), optimizer(cfg),
+        grad_fn(cfg, teacher, objective, image_shape, mesh), optimizer(cfg),
         project=lambda l: {**l, "x": pixels.clip_pixels(l["x"], mean, std)})
     self._step = xla_options.jit(step, donate_argnums=(0,))
     index = batches(cfg, num_classes)
     rounds = cfg.rounds if cfg.method == "delt" else 1
     self.index = [jnp.asarray(active_batches(cfg, index, r))
                   for r in range(rounds)]
+    for ix in self.index:
+      sharding.check_divisible(mesh, sharding.DATA, ix.shape[1],
+                               "recover batch size")
 
   def round_of(self, step: int) -> int:
     return min(step // self.cfg.round_iterations, len(self.index) - 1)
