@@ -1,9 +1,10 @@
-"""The outer steps shard initialisations over devices with the same result.
+"""Sharded steps give the single-device result on 8 forced CPU devices.
 
-DD and RaT-BPTT share the sharded meta-gradient of the core: 4
-initialisations on 2 forced CPU devices must equal the single-device run.
-Runs in subprocesses (the device count must be fixed before JAX
-initialises)."""
+DD and RaT-BPTT share the sharded meta-gradient of the core (8
+initialisations on the "inits" axis); one recover iteration and one student
+step shard their batch on the "data" axis (train-mode BatchNorm statistics
+stay means over the whole batch). Runs in subprocesses (the device count
+must be fixed before JAX initialises)."""
 
 import os
 import subprocess
@@ -25,17 +26,17 @@ SCRIPT = textwrap.dedent("""
     devices = int(sys.argv[1])
     assert jax.device_count() == devices, jax.devices()
     mesh = sharding.build("auto", sharding.INITS)
-    assert (mesh is not None) == (devices == 2)
-    if devices == 2:
+    assert (mesh is not None) == (devices > 1)
+    if devices > 1:
       try:
         sharding.check_divisible(mesh, sharding.INITS, 3, "num_inits")
-        raise AssertionError("num_inits=3 on 2 devices was not refused")
+        raise AssertionError("num_inits=3 on 8 devices was not refused")
       except ValueError as e:
-        assert "num_inits=3" in str(e) and "2 devices" in str(e), e
+        assert "num_inits=3" in str(e) and "8 devices" in str(e), e
     # DD.
-    cfg = test_utils.tiny_config(num_inits=4)
+    cfg = test_utils.tiny_config(num_inits=8)
     model, learned, labels, _, rx, ry = test_utils.tiny_problem(cfg)
-    tx = dd.optimizer(cfg, 4)
+    tx = dd.optimizer(cfg, 8)
     step = dd.make_step(cfg, model.apply, model.init, tx)
     state = dd.init_state(jax.tree.map(jnp.copy, learned), tx)
     for _ in range(2):
@@ -45,7 +46,7 @@ SCRIPT = textwrap.dedent("""
     # RaT-BPTT: random windows, 4 initialisations.
     rcfg = rat_bptt.RatConfig(
         arch="mlp", mlp_hidden=(8,), ipc=2, total_steps=4, window=2,
-        num_inits=4, init_group=0, inner_opt="sgd", inner_lr=0.1,
+        num_inits=8, init_group=0, inner_opt="sgd", inner_lr=0.1,
         real_batch=16, val_size=4).validate()
     shape, c = test_utils.IMAGE_SHAPE, test_utils.NUM_CLASSES
     rmodel = models.build(rcfg, shape, c)
@@ -59,13 +60,46 @@ SCRIPT = textwrap.dedent("""
                          jax.random.key(2))
     out["rat_x"] = np.asarray(rstate.learned["x"])
     out["rat_loss"] = float(rm["loss"])
+    # One recover iteration (SRe2L terms, eval-mode BN teacher), its batch
+    # of 8 images on the "data" axis.
+    from distill_jax.eval import fit
+    from distill_jax.methods.decoupled import recover, teacher as teacher_lib
+    from distill_jax.methods.decoupled import terms
+    from distill_jax.nn import stat_models
+    dmesh = sharding.build("auto", sharding.DATA)
+    bshape = (8, 8, 1)
+    bn = stat_models.build(arch="convnet_bn", width=4, depth=1,
+                           num_classes=4, image_shape=bshape)
+    v = bn.init(jax.random.key(3))
+    teacher = teacher_lib.Teacher(bn, v, {})
+    rcfg = recover.RecoverConfig(ipc=2, crop=False, jitter=1, flip=True)
+    fn = jax.jit(recover.grad_fn(rcfg, teacher, terms.sre2l(0.5, 10.0),
+                                 bshape, dmesh))
+    xr = jax.random.normal(jax.random.key(4), (4, 2, *bshape))
+    loss, g, _ = fn({"x": xr}, jnp.int32(0), jnp.arange(8)[None],
+                    jnp.repeat(jnp.arange(4), 2), jax.random.key(5))
+    out["rec_loss"], out["rec_g"] = float(loss), np.asarray(g["x"])
+    # One student step: train-mode BN, batch 8 of 16 on the "data" axis.
+    xs = jax.random.normal(jax.random.key(6), (16, *bshape))
+    ys = jnp.arange(16) % 4
+    tx = teacher_lib.optimizer("sgd", 0.1, 10, schedule="constant",
+                               weight_decay=0.0)
+    trainer = fit.supervised(
+        bn, tx, xs, fit.epoch_batches(16, 8), teacher_lib.cross_entropy,
+        targets=lambda key, t, idx, images, mixing: ys[idx], mesh=dmesh)
+    key = jax.random.key(7)
+    per_net = {"init_key": key[None], "key": key[None],
+               "keys": jax.random.split(key, 1)[None]}
+    got = fit.fit(trainer, per_net, (1,))
+    leaves = jax.tree.leaves(got)
+    out["student"] = np.concatenate([np.ravel(a) for a in leaves])
     np.savez("out.npz", **out)
 """)
 
 
-def test_two_devices_match_one(tmp_path):
+def test_eight_devices_match_one(tmp_path):
   results = {}
-  for n in (1, 2):
+  for n in (1, 8):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(n)],
@@ -74,8 +108,10 @@ def test_two_devices_match_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(tmp_path / "out.npz") as z:
       results[n] = {k: z[k] for k in z.files}
-  for k in ("dd_x", "dd_loss", "rat_x", "rat_loss"):
-    np.testing.assert_allclose(results[1][k], results[2][k], rtol=1e-4,
+  for k in ("dd_x", "dd_loss", "rat_x", "rat_loss", "rec_loss", "rec_g",
+            "student"):
+    np.testing.assert_allclose(results[1][k], results[8][k], rtol=1e-4,
                                atol=1e-6, err_msg=k)
   # The runs moved the images (a no-op step would also "match").
-  assert np.abs(results[2]["rat_x"]).sum() > 0
+  assert np.abs(results[8]["rat_x"]).sum() > 0
+  assert np.abs(results[8]["rec_g"]).sum() > 0
