@@ -114,3 +114,14 @@ def replicate(tree, mesh: Mesh | None):
   spec = NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec),
                       tree)
+
+
+def data_mesh(batch: int, what: str) -> Mesh | None:
+  """The active mesh for a step whose batch of `batch` goes on "data".
+
+  Raises:
+    ValueError: the "data" axis does not divide `batch` (one line).
+  """
+  mesh = from_platform(DATA)
+  check_divisible(mesh, DATA, batch, what)
+  return mesh

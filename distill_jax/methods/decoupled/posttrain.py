@@ -34,6 +34,7 @@ from distill_jax.eval import fit
 from distill_jax.methods.decoupled import relabel
 from distill_jax.methods.decoupled import teacher as teacher_lib
 from distill_jax.nn import stat_models
+from distill_jax.platform import mesh as sharding
 
 LABELS = ("hard", "online", "stored")
 MIXES = ("cutmix", "mixup", "none")
@@ -197,7 +198,9 @@ def train_students(cfg: PostTrainConfig, images, labels, ds, teacher=None,
                              weight_decay=cfg.weight_decay)
   trainer = fit.supervised(model, tx, images, fit.epoch_batches(n, batch),
                            loss, targets=targets, augment=augment,
-                           mix=_mix(cfg.mix))
+                           mix=_mix(cfg.mix),
+                           mesh=sharding.data_mesh(batch,
+                                                   "post-train batch size"))
   epochs = sorted({*range(cfg.eval_every, cfg.epochs + 1, cfg.eval_every),
                    cfg.epochs})
   key = jax.random.key(cfg.seed)

@@ -28,6 +28,7 @@ from distill_jax import data
 from distill_jax.eval import accuracy as accuracy_lib
 from distill_jax.eval import fit
 from distill_jax.nn import stat_models
+from distill_jax.platform import mesh as sharding
 from distill_jax.run import storage
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -155,7 +156,8 @@ def train(cfg: TeacherConfig, ds: data.Dataset):
   trainer = fit.supervised(
       model, tx, x, fit.epoch_batches(n, batch), cross_entropy,
       targets=lambda key, t, idx, images, mixing: y[idx],
-      augment=pad_crop_flip(cfg.pad_crop, cfg.flip))
+      augment=pad_crop_flip(cfg.pad_crop, cfg.flip),
+      mesh=sharding.data_mesh(batch, "teacher batch size"))
   return model, fit_one(trainer, cfg.seed, steps, epochs)
 
 
