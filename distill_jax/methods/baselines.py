@@ -176,6 +176,30 @@ ROWS = ("random_real", "optimized_real", "kmeans", "average_real",
         "knn_random_real", "knn_kmeans")
 
 
+def _check_rows(rows: Sequence[str], **counts: int) -> None:
+  unknown = sorted(set(rows) - set(ROWS))
+  if unknown:
+    raise ValueError(f"Unknown baseline rows {unknown}; choose from {ROWS}.")
+  for name, n in counts.items():
+    if n < 1:
+      raise ValueError(f"{name}={n} must be >= 1.")
+
+
+def _val_scorer(apply_fn, ds, labels, best: dict, *, steps: int, learned_lrs,
+                val_params0, batch: int) -> Callable:
+  """Mean validation accuracy of one set, replayed with random real's
+  selected (lr, epochs): how optimized real scores its candidates."""
+  score_lrs = grid_lib.lr_schedule(best["lr"], steps=steps,
+                                   epochs=best["epochs"],
+                                   learned_lrs=learned_lrs)
+
+  def score(x_set):
+    return grid_lib.replay_over_sets(
+        apply_fn, x_set[None], labels, score_lrs, val_params0, ds.x_val,
+        ds.y_val, epochs=best["epochs"], batch=batch).mean()
+  return score
+
+
 def evaluate_all(key: jax.Array, apply_fn, ds, *, steps: int,
                  per_class: int, learned_lrs: np.ndarray | None,
                  val_params0, test_params0,
@@ -218,14 +242,8 @@ def evaluate_all(key: jax.Array, apply_fn, ds, *, steps: int,
   Returns:
     name -> {"test_acc": summary (%), "best", "val_acc", "grid", ...}.
   """
-  unknown = sorted(set(rows) - set(ROWS))
-  if unknown:
-    raise ValueError(f"Unknown baseline rows {unknown}; choose from {ROWS}.")
-  for name, n in (("random_sets", random_sets),
-                  ("optimized_sets", optimized_sets),
-                  ("kmeans_seeds", kmeans_seeds)):
-    if n < 1:
-      raise ValueError(f"{name}={n} must be >= 1.")
+  _check_rows(rows, random_sets=random_sets, optimized_sets=optimized_sets,
+              kmeans_seeds=kmeans_seeds)
   common = dict(num_classes=ds.num_classes, steps=steps, per_class=per_class)
   grid = functools.partial(
       grid_lib.grid_evaluate, apply_fn, lr_options=lr_options,
@@ -248,16 +266,10 @@ def evaluate_all(key: jax.Array, apply_fn, ds, *, steps: int,
   res = grid(random_x, labels)
   finish("random_real", res, sets=random_sets)
 
-  best = res["best"]
-  score_lrs = grid_lib.lr_schedule(best["lr"], steps=steps,
-                                   epochs=best["epochs"],
-                                   learned_lrs=learned_lrs)
-
-  def score(x_set):
-    return grid_lib.replay_over_sets(
-        apply_fn, x_set[None], labels, score_lrs, val_params0, ds.x_val,
-        ds.y_val, epochs=best["epochs"], batch=batch).mean()
   if "optimized_real" in wanted:
+    score = _val_scorer(apply_fn, ds, labels, res["best"], steps=steps,
+                        learned_lrs=learned_lrs, val_params0=val_params0,
+                        batch=batch)
     opt = optimized_real(k_opt, ds.x_train, ds.y_train, score, **common,
                          num_sets=optimized_sets, top_frac=top_frac)
     finish("optimized_real", grid(opt["x"], labels),

@@ -142,19 +142,10 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
     out["hard"] = _strip(hard)
   rand_soft = rand_hard = None
   if cfg.eval_random:
-    rx, ry = rded.random_real(jax.random.key(cfg.seed + 7919), ds.x_train,
-                              ds.y_train, ipc, c)
-    rx = _floats(ds, np.asarray(rx)).reshape(-1, *ds.image_shape)
-    ry = np.asarray(ry).reshape(-1)
-    rand_soft = _cached(cfg, ds, ipc, cfg.post_cfg(), cache_dir, log, lambda: (
-        posttrain.train_students(cfg.post_cfg(), rx, ry, ds, soft_teacher)),
-                        relabel=relabel)
+    rand_soft, rand_hard = _random_real_rows(cfg, ds, ipc, soft_teacher,
+                                             relabel, cache_dir, log)
     out["random_real_soft"] = rand_soft
-    if cfg.eval_hard:
-      rand_hard = _cached(
-          cfg, ds, ipc, cfg.post_cfg(labels="hard"), cache_dir, log,
-          lambda: posttrain.train_students(cfg.post_cfg(labels="hard"), rx, ry,
-                                           ds))
+    if rand_hard is not None:
       out["random_real_hard"] = rand_hard
   for arch in [a for a in cfg.cross_archs.split(",") if a]:
     log(f"eval: cross-architecture students ({arch})")
@@ -170,26 +161,57 @@ def evaluate(cfg, images, labels, ds: data.Dataset, teacher, *,
         np.asarray(soft["test"]), np.asarray(rand_soft["test"]),
         acc_rand_hard=(None if rand_hard is None else
                        np.asarray(rand_hard["test"])))
+  out["bytes"] = _bytes(cfg, images, labels, soft, soft_teacher)
+  feats = _features(teacher.model, teacher.variables, images)
+  out["diversity"] = metrics.within_class_diversity(feats, labels,
+                                                    num_classes=c)
+  if len(ds.y_val):
+    out["td"] = _td(soft, full, ds)
+  return out
+
+
+def _random_real_rows(cfg, ds, ipc: int, soft_teacher, relabel, cache_dir,
+                      log):
+  """Random real images of the same IPC under the soft and (if
+  `cfg.eval_hard`) hard protocols, each cached per protocol."""
+  rx, ry = rded.random_real(jax.random.key(cfg.seed + 7919), ds.x_train,
+                            ds.y_train, ipc, ds.num_classes)
+  rx = _floats(ds, np.asarray(rx)).reshape(-1, *ds.image_shape)
+  ry = np.asarray(ry).reshape(-1)
+  rand_soft = _cached(cfg, ds, ipc, cfg.post_cfg(), cache_dir, log, lambda: (
+      posttrain.train_students(cfg.post_cfg(), rx, ry, ds, soft_teacher)),
+                      relabel=relabel)
+  rand_hard = None
+  if cfg.eval_hard:
+    rand_hard = _cached(
+        cfg, ds, ipc, cfg.post_cfg(labels="hard"), cache_dir, log,
+        lambda: posttrain.train_students(cfg.post_cfg(labels="hard"), rx, ry,
+                                         ds))
+  return rand_soft, rand_hard
+
+
+def _bytes(cfg, images, labels, soft: dict, soft_teacher) -> dict:
+  """Image bytes beside hard- and soft-label bytes (stored logits, or the
+  online teacher's parameters)."""
   teacher_bytes = sum(int(np.asarray(a).nbytes) for a in jax.tree.leaves(
       soft_teacher.variables))
-  out["bytes"] = {
+  return {
       "images": metrics.image_bytes(images),
       "hard_labels": metrics.label_bytes("hard", num_images=len(labels)),
       "soft_labels": (soft.get("label_bytes") if cfg.post.labels == "stored"
                       else teacher_bytes),
       "soft_label_source": ("stored logits" if cfg.post.labels == "stored"
                             else "online teacher (its parameters)")}
-  feats = _features(teacher.model, teacher.variables, images)
-  out["diversity"] = metrics.within_class_diversity(feats, labels,
-                                                    num_classes=c)
-  if len(ds.y_val):
-    student = soft["model"], soft["variables"]
-    one = jax.tree.map(lambda a: a[0], student[1])  # the first student.
-    xv, xt = _floats(ds, ds.x_val), _floats(ds, ds.x_test)
-    out["td"] = td_lib.transferred_discrepancy(
-        _features(student[0], one, xv), _features(full.model, full.variables,
-                                                  xv),
-        np.asarray(ds.y_val), num_classes=c,
-        eval_feats_a=_features(student[0], one, xt),
-        eval_feats_b=_features(full.model, full.variables, xt))
-  return out
+
+
+def _td(soft: dict, full, ds) -> dict:
+  """TD between the first soft-label student and the full-data network
+  (heads fitted on validation features, disagreement on test)."""
+  model, variables = soft["model"], soft["variables"]
+  one = jax.tree.map(lambda a: a[0], variables)  # the first student.
+  xv, xt = _floats(ds, ds.x_val), _floats(ds, ds.x_test)
+  return td_lib.transferred_discrepancy(
+      _features(model, one, xv), _features(full.model, full.variables, xv),
+      np.asarray(ds.y_val), num_classes=ds.num_classes,
+      eval_feats_a=_features(model, one, xt),
+      eval_feats_b=_features(full.model, full.variables, xt))

@@ -133,6 +133,44 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *,
                        resume=resume, show_progress=show_progress, prep=prep)
 
 
+def _slow_block(cfg: rat_bptt.RatConfig, b: int, k_b, prev_learned: dict,
+                prep, model, sub: str, *, resume: bool,
+                show_progress: bool) -> dict:
+  """Slow mode, block b: the earlier blocks (scaled by beta) keep learning
+  beside b new images per class."""
+  ds = prep.ds
+  new = rat_bptt.init_learned(jax.random.split(k_b, 3)[0], cfg,
+                              ds.num_classes, ds.image_shape)
+  scale = np.ones((ds.num_classes, (b + 1) * cfg.ipc), np.float32)
+  init = new
+  if b:
+    prev = {k: np.asarray(v) for k, v in prev_learned.items()}
+    init = {**prev, "x": np.concatenate([prev["x"], new["x"]], 1)}
+    if "y" in prev:
+      init["y"] = np.concatenate([prev["y"], np.asarray(new["y"])], 1)
+    scale[:, :b * cfg.ipc] = cfg.boost_beta
+  return rat_train.distill(
+      dataclasses.replace(cfg, ipc=(b + 1) * cfg.ipc), prep, model, sub,
+      key=k_b, resume=resume, show_progress=show_progress, init=init,
+      x_scale=scale)
+
+
+def _nested_budgets(cfg: rat_bptt.RatConfig, prep, model, k_eval, x_all,
+                    y_all) -> list[dict]:
+  """The final evaluation of the first k blocks, k = 1 .. boost_blocks."""
+  ds = prep.ds
+  budgets = []
+  no_fixed = rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)
+  for k in range(1, cfg.boost_blocks + 1):
+    px, py = prefix(x_all, y_all, k, cfg.ipc)
+    learned = {"x": px, **({"y": py} if cfg.learn_labels else {})}
+    sup = rat_bptt.support(learned, no_fixed)
+    res = rat_eval.final_eval(cfg, prep, model, jax.random.fold_in(k_eval, k),
+                              sup, learned)
+    budgets.append({"ipc": k * cfg.ipc, "blocks": k, **res})
+  return budgets
+
+
 def _run_locked(cfg: rat_bptt.RatConfig, workdir: str, *,
                 dataset: data.Dataset | None, data_dir: str | None,
                 resume: bool, show_progress: bool,
@@ -157,21 +195,9 @@ def _run_locked(cfg: rat_bptt.RatConfig, workdir: str, *,
         prev_learned = {"x": x, **extra}
       block_info.append({"block": b, "resumed": True})
     elif cfg.boost_mode == "slow":
-      k_b = jax.random.fold_in(k_blocks, b)
-      new = rat_bptt.init_learned(jax.random.split(k_b, 3)[0], cfg,
-                                  ds.num_classes, ds.image_shape)
-      scale = np.ones((ds.num_classes, (b + 1) * cfg.ipc), np.float32)
-      init = new
-      if b:
-        prev = {k: np.asarray(v) for k, v in prev_learned.items()}
-        init = {**prev, "x": np.concatenate([prev["x"], new["x"]], 1)}
-        if "y" in prev:
-          init["y"] = np.concatenate([prev["y"], np.asarray(new["y"])], 1)
-        scale[:, :b * cfg.ipc] = cfg.boost_beta
-      out = rat_train.distill(
-          dataclasses.replace(cfg, ipc=(b + 1) * cfg.ipc), prep, model, sub,
-          key=k_b, resume=resume, show_progress=show_progress, init=init,
-          x_scale=scale)
+      out = _slow_block(cfg, b, jax.random.fold_in(k_blocks, b),
+                        prev_learned, prep, model, sub, resume=resume,
+                        show_progress=show_progress)
       prev_learned = out["learned"]
       x, y = _write_block(path, prev_learned, ds, keep_lr=True)
       block_info.append({"block": b, "best_step": out["best_step"],
@@ -195,15 +221,7 @@ def _run_locked(cfg: rat_bptt.RatConfig, workdir: str, *,
       ys.append(y)
   x_all = np.concatenate(xs, axis=1)
   y_all = np.concatenate(ys, axis=1)
-  budgets = []
-  no_fixed = rat_bptt.empty_fixed(ds.num_classes, ds.image_shape)
-  for k in range(1, cfg.boost_blocks + 1):
-    px, py = prefix(x_all, y_all, k, cfg.ipc)
-    learned = {"x": px, **({"y": py} if cfg.learn_labels else {})}
-    sup = rat_bptt.support(learned, no_fixed)
-    res = rat_eval.final_eval(cfg, prep, model, jax.random.fold_in(k_eval, k),
-                              sup, learned)
-    budgets.append({"ipc": k * cfg.ipc, "blocks": k, **res})
+  budgets = _nested_budgets(cfg, prep, model, k_eval, x_all, y_all)
   block = np.broadcast_to(np.repeat(np.arange(cfg.boost_blocks), cfg.ipc),
                           x_all.shape[:2])
   path = rat_train.save(

@@ -145,6 +145,33 @@ def _mix(name: str):
   return None
 
 
+def _targets(cfg: PostTrainConfig, images, labels, num_classes: int, teacher,
+             stored, per_epoch: int):
+  """(augment, targets, loss, stored labels or None) of the protocol:
+  hard labels, the online teacher, or stored labels (computed here when
+  not given), with MSE + gamma CE or KL at the temperature."""
+  if cfg.labels == "hard":
+    augment, targets = relabel.hard_targets(
+        labels, cfg.view() if cfg.crop or cfg.flip else None, num_classes)
+    return augment, targets, hard_loss, stored
+  if teacher is None and (cfg.labels == "online" or stored is None):
+    raise ValueError(f"labels={cfg.labels!r} needs a teacher.")
+  output = "logits" if cfg.loss == "mse_ce" else "probs"
+  if cfg.labels == "online":
+    augment, targets = relabel.online_targets(
+        teacher, cfg.view(), cfg.temperature, cfg.teacher_bn, output)
+  else:
+    stored = stored or relabel.store(
+        teacher, images, cfg.stored_epochs or cfg.epochs, cfg.view(),
+        bn_mode=cfg.teacher_bn, top_k=cfg.stored_topk)
+    augment, targets = relabel.stored_targets(stored, per_epoch,
+                                              cfg.temperature, output)
+  if cfg.loss == "mse_ce":
+    targets = relabel.with_hard_labels(targets, labels, num_classes)
+    return augment, targets, mse_ce_loss(cfg.ce_weight), stored
+  return augment, targets, kd_loss(cfg.temperature, cfg.t_squared), stored
+
+
 def train_students(cfg: PostTrainConfig, images, labels, ds, teacher=None,
                    stored: relabel.StoredLabels | None = None) -> dict:
   """Trains `cfg.students` fresh students on (images, labels).
@@ -169,29 +196,9 @@ def train_students(cfg: PostTrainConfig, images, labels, ds, teacher=None,
   batch = min(cfg.batch_size or batch_size_for(ipc, ds.num_classes), n)
   per_epoch = max(1, n // batch)
   model = stat_models.build(cfg.student_spec(ds.num_classes, ds.image_shape))
-  if cfg.labels == "hard":
-    augment, targets = relabel.hard_targets(
-        labels, cfg.view() if cfg.crop or cfg.flip else None,
-        ds.num_classes)
-    loss = hard_loss
-  else:
-    if teacher is None and (cfg.labels == "online" or stored is None):
-      raise ValueError(f"labels={cfg.labels!r} needs a teacher.")
-    output = "logits" if cfg.loss == "mse_ce" else "probs"
-    if cfg.labels == "online":
-      augment, targets = relabel.online_targets(
-          teacher, cfg.view(), cfg.temperature, cfg.teacher_bn, output)
-    else:
-      stored = stored or relabel.store(
-          teacher, images, cfg.stored_epochs or cfg.epochs, cfg.view(),
-          bn_mode=cfg.teacher_bn, top_k=cfg.stored_topk)
-      augment, targets = relabel.stored_targets(stored, per_epoch,
-                                                cfg.temperature, output)
-    if cfg.loss == "mse_ce":
-      targets = relabel.with_hard_labels(targets, labels, ds.num_classes)
-      loss = mse_ce_loss(cfg.ce_weight)
-    else:
-      loss = kd_loss(cfg.temperature, cfg.t_squared)
+  augment, targets, loss, stored = _targets(cfg, images, labels,
+                                            ds.num_classes, teacher, stored,
+                                            per_epoch)
   steps = cfg.epochs * per_epoch
   tx = teacher_lib.optimizer(cfg.optimizer, cfg.lr, steps,
                              schedule=cfg.schedule,
