@@ -8,17 +8,34 @@ that a checkpoint of another configuration is refused with a clear message.
 Together with the step-derived PRNG keys and real-batch order, restoring one
 and continuing gives the same result as an uninterrupted run.
 
+The file holds whole (global) arrays, not device shards, so a checkpoint
+written on N devices or hosts restores on M: `save` gathers every leaf to
+the host (`distributed.to_host`: a cross-host gather for leaves sharded
+over several processes, which every process joins), process 0 writes the
+file; `restore_latest` has every process read it and put each leaf where
+the current run keeps it: an uncommitted array on the default device when
+the template leaf is uncommitted (a fresh run's state: the next jitted
+step places it on the current mesh), else the template's sharding, built
+from the host copy on each process's own devices (`distributed.place`).
+The states are a few MiB (learned images, optimiser moments), so one
+gathered file costs little; a sharded format pays off only for states too
+big for one host. The directory may be any `etils.epath` path, gs://
+included (`storage.is_url`); every host of a multi-host run must see it.
+
 (Earlier versions used orbax; its import alone kept ~25 MiB resident in
 every job, and these states are a few arrays. Directories written by orbax
-are not read: resume such a run with the version that started it.)
+are not read: resume such a run with the version that started it. The
+npz files of single-host versions are this format: they still load.)
 """
 
+import io
 import os
 import re
 
 import jax
 import numpy as np
 
+from distill_jax.platform import distributed
 from distill_jax.run import storage
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
@@ -33,21 +50,43 @@ class Manager:
     self.max_to_keep = max_to_keep
 
   def steps(self) -> list[int]:
-    if not os.path.isdir(self.directory):
+    if storage.is_url(self.directory):
+      d = storage.epath(self.directory)
+      names = [p.name for p in d.iterdir()] if d.is_dir() else []
+    elif os.path.isdir(self.directory):
+      names = os.listdir(self.directory)
+    else:
       return []
-    return sorted(int(m.group(1)) for m in map(_NAME.match,
-                                               os.listdir(self.directory))
-                  if m)
+    return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
 
   def latest_step(self) -> int | None:
     steps = self.steps()
     return steps[-1] if steps else None
 
   def path(self, step: int) -> str:
-    return os.path.join(self.directory, f"ckpt_{step:09d}.npz")
+    return f"{self.directory.rstrip('/')}/ckpt_{step:09d}.npz"
+
+  def remove(self, step: int) -> None:
+    try:
+      if storage.is_url(self.directory):
+        storage.epath(self.path(step)).unlink()
+      else:
+        os.remove(self.path(step))
+    except FileNotFoundError:
+      pass
+
+  def read(self, step: int) -> dict:
+    """The arrays of checkpoint `step` (raises on a missing/corrupt file)."""
+    path = self.path(step)
+    source = (io.BytesIO(storage.epath(path).read_bytes())
+              if storage.is_url(path) else path)
+    with np.load(source, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
 
 
 def manager(workdir: str, max_to_keep: int = 2) -> Manager:
+  if storage.is_url(workdir):
+    return Manager(f"{str(workdir).rstrip('/')}/checkpoints", max_to_keep)
   return Manager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                  max_to_keep)
 
@@ -57,29 +96,38 @@ def _host(leaf) -> np.ndarray:
       leaf.dtype, jax.dtypes.prng_key):
     raise TypeError("PRNG key arrays cannot be checkpointed; store "
                     "jax.random.key_data(key) instead.")
-  return np.asarray(leaf)
+  return distributed.to_host(leaf)
 
 
 def save(mngr: Manager, step: int, state) -> None:
-  """Saves `state` (any pytree of arrays) as checkpoint `step`."""
-  if mngr.latest_step() == step:
-    return
+  """Saves `state` (any pytree of arrays) as checkpoint `step`.
+
+  Every process of a multi-host run calls it (leaves sharded across hosts
+  are gathered); only process 0 writes.
+  """
   leaves, treedef = jax.tree.flatten(state)
   arrays = {f"leaf_{i:05d}": _host(x) for i, x in enumerate(leaves)}
+  if not distributed.is_writer() or mngr.latest_step() == step:
+    return
   arrays[_TREEDEF] = np.array(str(treedef))
   storage.atomic_write(mngr.path(step), lambda f: np.savez(f, **arrays))
   for old in mngr.steps()[:-mngr.max_to_keep]:
-    try:
-      os.remove(mngr.path(old))
-    except FileNotFoundError:
-      pass
+    mngr.remove(old)
+
+
+def _place(a: np.ndarray, template: jax.Array) -> jax.Array:
+  """`a` where the run keeps `template` (see the module docstring)."""
+  if not getattr(template, "committed", True):
+    return jax.device_put(a)
+  return distributed.place(a, template.sharding)
 
 
 def restore_latest(mngr: Manager, template):
   """Restores the newest checkpoint into the structure of `template`.
 
   Leaves come back as numpy arrays, or, where the template leaf is a JAX
-  array, on that leaf's devices (same sharding).
+  array, on that leaf's devices (same sharding; uncommitted if it is), on
+  however many devices and hosts the current run has.
 
   Returns:
     (step, state), or (None, template) if there is no checkpoint.
@@ -90,7 +138,6 @@ def restore_latest(mngr: Manager, template):
   step = mngr.latest_step()
   if step is None:
     return None, template
-  path = mngr.path(step)
 
   def fail(why: str):
     return ValueError(
@@ -99,8 +146,7 @@ def restore_latest(mngr: Manager, template):
         "interrupted run, or a fresh --workdir.")
   leaves, treedef = jax.tree.flatten(template)
   try:
-    with np.load(path, allow_pickle=False) as f:
-      stored = {k: f[k] for k in f.files}
+    stored = mngr.read(step)
   except Exception as e:  # zipfile/OSError/ValueError: all mean corrupt.
     raise fail(f"{type(e).__name__}: {e}") from e
   if str(stored.pop(_TREEDEF, "")) != str(treedef) or len(stored) != len(
@@ -113,6 +159,5 @@ def restore_latest(mngr: Manager, template):
     if a.shape != tuple(np.shape(t)) or a.dtype != dtype:
       raise fail(f"leaf {i}: {a.dtype}{list(a.shape)} stored, "
                  f"{dtype}{list(np.shape(t))} expected")
-    out.append(jax.device_put(a, t.sharding) if isinstance(t, jax.Array)
-               else a)
+    out.append(_place(a, t) if isinstance(t, jax.Array) else a)
   return step, jax.tree.unflatten(treedef, out)
