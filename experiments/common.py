@@ -255,6 +255,10 @@ def define_platform_flags(flag_values=FLAGS) -> None:
       "method's axis: inits for DD/RaT-BPTT/Boost-DD, data for the decoupled "
       "methods), none (one device) or sizes like inits:4,data:2", **kw)
   flags.DEFINE_string(
+      "checkpoint_dir", default.checkpoint_dir, "where checkpoints go: any "
+      "etils.epath path, e.g. gs://bucket/run (default: <workdir>/"
+      "checkpoints); --resume reads them from there", **kw)
+  flags.DEFINE_string(
       "coordinator_address", None, "multi-host runs: host:port of process "
       "0's coordinator (start the same command on every host with its "
       "--process_id), or auto to read the settings from the cluster (Cloud "
@@ -297,7 +301,8 @@ def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
         malloc_arenas=malloc_arenas if arenas is None else arenas,
         keep_malloc_mapped=keep_mapped if keep is None else keep,
         tensorboard=flag_values.tensorboard,
-        profile_steps=flag_values.profile_steps, mesh=flag_values.mesh)
+        profile_steps=flag_values.profile_steps, mesh=flag_values.mesh,
+        checkpoint_dir=flag_values.checkpoint_dir)
   except ValueError as e:
     fail(e)
 

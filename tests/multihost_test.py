@@ -4,7 +4,9 @@ checkpoints move between device counts.
 Two processes on localhost join with `jax.distributed` (gloo CPU
 collectives), 4 forced CPU devices each, so the mesh's "inits" axis spans
 8 devices on 2 processes; the DD run through the host loop must give the
-one-process, 8-device result, and only process 0 may write files. A DD run
+one-process, 8-device result, only process 0 may write files, and a run
+interrupted and resumed, where process 1 cannot see the checkpoints
+(process 0 sends them), must equal the uninterrupted one. A DD run
 checkpointed on 8 devices resumes on 1 and one checkpointed on 1 resumes
 on 8, each ending where the uninterrupted 1-device run ends (float
 tolerance: the sharded run sums the initialisations' meta-gradients in
@@ -49,9 +51,14 @@ RUN = textwrap.dedent("""
     np.testing.assert_array_equal(distributed.to_host(batch), np.arange(16))
     cfg = test_utils.tiny_config(num_inits=8, outer_steps=4, eval_every=2,
                                  checkpoint_every=2)
-    report = train_dd.run(cfg, workdir, dataset=test_utils.tiny_dataset(),
-                          show_progress=False)
+    ds = test_utils.tiny_dataset()
+    report = train_dd.run(cfg, workdir, dataset=ds, show_progress=False)
     print("REPORT", json.dumps(report["test_acc"]), flush=True)
+    if nproc > 1:  # interrupted and resumed: process 0 sends the checkpoint.
+      again = workdir + "_resumed"
+      assert train_dd.run(cfg, again, dataset=ds, show_progress=False,
+                          stop_at=2) == {"interrupted_at": 2}
+      train_dd.run(cfg, again, dataset=ds, show_progress=False, resume=True)
 """)
 
 
@@ -105,7 +112,7 @@ def test_two_processes_equal_one(tmp_path):
                        check=False)
   assert one.returncode == 0, one.stderr[-3000:]
   # Only process 0 wrote; it wrote what the one-process run writes.
-  assert _files(tmp_path / "p1") == []
+  assert _files(tmp_path / "p1") == [] == _files(tmp_path / "p1_resumed")
   assert _files(tmp_path / "p0") == _files(tmp_path / "one")
   assert "checkpoints/ckpt_000000004.npz" in _files(tmp_path / "p0")
   a, b = _images(tmp_path / "p0"), _images(tmp_path / "one")
@@ -117,6 +124,11 @@ def test_two_processes_equal_one(tmp_path):
     assert ra.keys() == rb.keys()
     np.testing.assert_allclose([ra[k] for k in ra], [rb[k] for k in ra],
                                **TOL)
+  # Resumed with the checkpoint only process 0 can see: the same run.
+  c = _images(tmp_path / "p0_resumed")
+  for k in a:
+    np.testing.assert_array_equal(a[k], c[k], err_msg=k)
+  assert _metrics(tmp_path / "p0_resumed") == ma
   # Both processes evaluated the same set the same way.
   reports = [l for o in outs for l in o.splitlines() if l.startswith("REPORT")]
   assert len(reports) == 2 and reports[0] == reports[1], reports

@@ -10,8 +10,8 @@ from the flags --coordinator_address, --num_processes and --process_id:
   * no --coordinator_address (the default): one process, nothing to do;
   * --coordinator_address=auto: `jax.distributed.initialize()` with no
     arguments, which reads them from the cluster where JAX detects it
-    (Cloud TPU pod slices, SLURM, Open MPI; also the JAX_COORDINATOR_ADDRESS
-    environment variable);
+    (Cloud TPU pod slices, SLURM, Open MPI; JAX itself also reads the
+    JAX_COORDINATOR_ADDRESS shell variable);
   * --coordinator_address=host:port --num_processes=N --process_id=i:
     explicit (process 0 runs the coordinator at host:port).
 
@@ -34,9 +34,11 @@ initialisation sees the same real batch) and the batch on the "data" axis
 its own examples builds the global batch from each host's rows with
 `local_rows` and `global_batch`.
 
-Files are read by every process (config.json and the checkpoints on
---resume), so the workdir of a multi-host run must be a path all hosts see:
-a shared filesystem or a bucket (gs://..., `etils.epath`).
+Only process 0 reads the workdir's state: on --resume it reads the newest
+checkpoint and sends it to the others (`run.checkpoint.restore_latest`),
+so the workdir may live on process 0's own disk; --checkpoint_dir
+(`Platform.checkpoint_dir`) may put the checkpoints in a bucket
+(gs://..., `etils.epath`), where they outlive the machines.
 """
 
 import jax

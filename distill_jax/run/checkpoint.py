@@ -2,7 +2,8 @@
 
 Checkpoints hold the whole outer state (learned data, optimiser state, step,
 plus whatever the trainer adds) as the flattened leaves of the pytree in one
-`.npz` file per step, `workdir/checkpoints/ckpt_<step>.npz`, written
+`.npz` file per step, `workdir/checkpoints/ckpt_<step>.npz` (or under
+`Platform.checkpoint_dir`, `--checkpoint_dir`), written
 atomically (temporary file + rename), with the tree structure recorded so
 that a checkpoint of another configuration is refused with a clear message.
 Together with the step-derived PRNG keys and real-batch order, restoring one
@@ -11,16 +12,17 @@ and continuing gives the same result as an uninterrupted run.
 The file holds whole (global) arrays, not device shards, so a checkpoint
 written on N devices or hosts restores on M: `save` gathers every leaf to
 the host (`distributed.to_host`: a cross-host gather for leaves sharded
-over several processes, which every process joins), process 0 writes the
-file; `restore_latest` has every process read it and put each leaf where
-the current run keeps it: an uncommitted array on the default device when
-the template leaf is uncommitted (a fresh run's state: the next jitted
-step places it on the current mesh), else the template's sharding, built
-from the host copy on each process's own devices (`distributed.place`).
-The states are a few MiB (learned images, optimiser moments), so one
-gathered file costs little; a sharded format pays off only for states too
-big for one host. The directory may be any `etils.epath` path, gs://
-included (`storage.is_url`); every host of a multi-host run must see it.
+over several processes, which every process joins) and process 0 writes
+the file; `restore_latest` reads it (in a multi-host run process 0 reads
+and broadcasts it, so only process 0 needs to see the workdir) and puts
+each leaf where the current run keeps it: an uncommitted array on the
+default device when the template leaf is uncommitted (a fresh run's
+state, which the next jitted step places on the current mesh), else the
+template's sharding, each process filling its own devices from the host
+copy (`distributed.place`). The states are a few MiB (learned images,
+optimiser moments), so one gathered file costs little; a sharded format
+(orbax) pays off only for states too big for one host. The directory may
+be any `etils.epath` path, gs:// included (`storage.is_url`).
 
 (Earlier versions used orbax; its import alone kept ~25 MiB resident in
 every job, and these states are a few arrays. Directories written by orbax
@@ -85,6 +87,13 @@ class Manager:
 
 
 def manager(workdir: str, max_to_keep: int = 2) -> Manager:
+  """The run's checkpoints: `Platform.checkpoint_dir`, else
+  <workdir>/checkpoints."""
+  from distill_jax import platform  # pylint: disable=g-import-not-at-top
+  chosen = platform.current().checkpoint_dir
+  if chosen:
+    return Manager(chosen if storage.is_url(chosen) else
+                   os.path.abspath(chosen), max_to_keep)
   if storage.is_url(workdir):
     return Manager(f"{str(workdir).rstrip('/')}/checkpoints", max_to_keep)
   return Manager(os.path.abspath(os.path.join(workdir, "checkpoints")),
@@ -127,7 +136,9 @@ def restore_latest(mngr: Manager, template):
 
   Leaves come back as numpy arrays, or, where the template leaf is a JAX
   array, on that leaf's devices (same sharding; uncommitted if it is), on
-  however many devices and hosts the current run has.
+  however many devices and hosts the current run has. In a multi-host run
+  process 0 reads the file and sends it to the others (`_from_writer`), so
+  only process 0 needs to see the workdir; every process must call this.
 
   Returns:
     (step, state), or (None, template) if there is no checkpoint.
@@ -135,16 +146,35 @@ def restore_latest(mngr: Manager, template):
   Raises:
     ValueError: the checkpoint is corrupt or of another configuration.
   """
-  step = mngr.latest_step()
+  leaves, treedef = jax.tree.flatten(template)
+  if distributed.is_distributed():
+    step, arrays = _from_writer(mngr, leaves, treedef)
+  else:
+    step, arrays = _read(mngr, leaves, treedef)
   if step is None:
     return None, template
+  out = [_place(a, t) if isinstance(t, jax.Array) else a
+         for a, t in zip(arrays, leaves)]
+  return step, jax.tree.unflatten(treedef, out)
+
+
+def _dtype(leaf) -> np.dtype:
+  return np.dtype(leaf.dtype if isinstance(leaf, jax.Array) else
+                  np.asarray(leaf).dtype)
+
+
+def _read(mngr: Manager, leaves, treedef):
+  """(step, host arrays checked against the template leaves) or (None,
+  None); raises ValueError for a corrupt or foreign checkpoint."""
+  step = mngr.latest_step()
+  if step is None:
+    return None, None
 
   def fail(why: str):
     return ValueError(
         f"Checkpoint {step} in {mngr.directory} does not match this run's "
         f"configuration or is corrupt ({why}). Use the same flags as the "
         "interrupted run, or a fresh --workdir.")
-  leaves, treedef = jax.tree.flatten(template)
   try:
     stored = mngr.read(step)
   except Exception as e:  # zipfile/OSError/ValueError: all mean corrupt.
@@ -155,9 +185,42 @@ def restore_latest(mngr: Manager, template):
   out = []
   for i, t in enumerate(leaves):
     a = stored[f"leaf_{i:05d}"]
-    dtype = t.dtype if isinstance(t, jax.Array) else np.asarray(t).dtype
-    if a.shape != tuple(np.shape(t)) or a.dtype != dtype:
+    if a.shape != tuple(np.shape(t)) or a.dtype != _dtype(t):
       raise fail(f"leaf {i}: {a.dtype}{list(a.shape)} stored, "
-                 f"{dtype}{list(np.shape(t))} expected")
-    out.append(_place(a, t) if isinstance(t, jax.Array) else a)
-  return step, jax.tree.unflatten(treedef, out)
+                 f"{_dtype(t)}{list(np.shape(t))} expected")
+    out.append(a)
+  return step, out
+
+
+def _from_writer(mngr: Manager, leaves, treedef):
+  """`_read` on process 0, sent to every process: a status, then the
+  leaves' bytes in one buffer (bytes, so float64/int64 leaves arrive
+  exactly whatever `jax_enable_x64` says)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  error, step, arrays = None, None, None
+  if distributed.is_writer():
+    try:
+      step, arrays = _read(mngr, leaves, treedef)
+    except ValueError as e:
+      error = e
+  status = -2 if error else (-1 if step is None else step)
+  status = int(multihost_utils.broadcast_one_to_all(np.int32(status)))
+  if status == -2:
+    raise error or ValueError(
+        f"process 0 refused the checkpoint in {mngr.directory} (see its "
+        "error); resume with the interrupted run's flags or a fresh "
+        "--workdir.")
+  if status == -1:
+    return None, None
+  sizes = [int(np.prod(np.shape(t), dtype=np.int64)) * _dtype(t).itemsize
+           for t in leaves]
+  buf = (np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+                         for a in arrays]) if arrays is not None else
+         np.zeros(sum(sizes), np.uint8))
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  out, offset = [], 0
+  for t, size in zip(leaves, sizes):
+    out.append(buf[offset:offset + size].view(_dtype(t)).reshape(
+        np.shape(t)).copy())
+    offset += size
+  return status, out
