@@ -7,8 +7,10 @@ what each field means (`experiments.flag_help`); choice fields are enum
 flags. Extra flags: --workdir, --data_dir, --resume, --progress, --preset
 (presets: `experiments.presets`) and the platform options
 --xla_cpu_defaults, --cpu_wide_conv, --malloc_arenas, --keep_malloc_mapped
-(`distill_jax.platform.Platform`, configured once before the run starts).
-The library itself never reads flags.
+(`distill_jax.platform.Platform`, configured once before the run starts)
+and the multi-host flags --coordinator_address, --num_processes,
+--process_id (`distill_jax.platform.distributed.initialize`, called before
+any JAX computation). The library itself never reads flags.
 
 Bad flags and bad configs stop the program with one line `error: ...` on
 stderr and exit status 2 (`fail`): `run` parses flags with `parse_flags`,
@@ -252,6 +254,38 @@ def define_platform_flags(flag_values=FLAGS) -> None:
       "mesh", default.mesh, "device mesh: auto (every device on the "
       "method's axis: inits for DD/RaT-BPTT/Boost-DD, data for the decoupled "
       "methods), none (one device) or sizes like inits:4,data:2", **kw)
+  flags.DEFINE_string(
+      "checkpoint_dir", default.checkpoint_dir, "where checkpoints go: any "
+      "etils.epath path, e.g. gs://bucket/run (default: <workdir>/"
+      "checkpoints); --resume reads them from there", **kw)
+  flags.DEFINE_string(
+      "coordinator_address", None, "multi-host runs: host:port of process "
+      "0's coordinator (start the same command on every host with its "
+      "--process_id), or auto to read the settings from the cluster (Cloud "
+      "TPU pod slices, SLURM, Open MPI); default: one process", **kw)
+  flags.DEFINE_integer(
+      "num_processes", None, "multi-host runs: processes in all (default: "
+      "from the cluster with --coordinator_address=auto)", lower_bound=1,
+      **kw)
+  flags.DEFINE_integer(
+      "process_id", None, "multi-host runs: this process, 0 .. "
+      "num_processes-1; process 0 writes the outputs (default: from the "
+      "cluster with --coordinator_address=auto)", lower_bound=0, **kw)
+
+
+def distributed_from_flags(flag_values=FLAGS) -> bool:
+  """Joins a multi-host run as the flags say (`distributed.initialize`);
+  False for one process. A bad combination ends the program with one
+  `error:` line."""
+  from distill_jax.platform import distributed  # pylint: disable=g-import-not-at-top
+  if "coordinator_address" not in flag_values:
+    return False
+  try:
+    return distributed.initialize(flag_values.coordinator_address,
+                                  flag_values.num_processes,
+                                  flag_values.process_id)
+  except ValueError as e:
+    fail(e)
 
 
 def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
@@ -267,7 +301,8 @@ def platform_from_flags(flag_values=FLAGS, *, malloc_arenas: int = 0,
         malloc_arenas=malloc_arenas if arenas is None else arenas,
         keep_malloc_mapped=keep_mapped if keep is None else keep,
         tensorboard=flag_values.tensorboard,
-        profile_steps=flag_values.profile_steps, mesh=flag_values.mesh)
+        profile_steps=flag_values.profile_steps, mesh=flag_values.mesh,
+        checkpoint_dir=flag_values.checkpoint_dir)
   except ValueError as e:
     fail(e)
 
@@ -313,6 +348,7 @@ def run_and_report(run_fn, cfg, workdir: str, *,
     logging.set_verbosity(logging.WARNING)
   from distill_jax import data  # pylint: disable=g-import-not-at-top
   from distill_jax.run import storage  # pylint: disable=g-import-not-at-top
+  distributed_from_flags()  # before any JAX computation.
   if platform_cfg is not None:
     platform.configure(platform_cfg)
   from distill_jax.run import guard  # pylint: disable=g-import-not-at-top
@@ -337,6 +373,9 @@ def run_and_report(run_fn, cfg, workdir: str, *,
         "initialisations), or the window for RaT-BPTT; a run with "
         "checkpoints continues with --resume.\n")
     sys.exit(3)
+  from distill_jax.platform import distributed  # pylint: disable=g-import-not-at-top
+  if not distributed.is_writer():  # process 0 reports.
+    return report
   acc = report.get("test_acc")
   if acc:
     print(f"test accuracy: {acc['mean']:.2f} +- {acc['std']:.2f} % over "

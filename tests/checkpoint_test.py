@@ -1,14 +1,20 @@
-"""Checkpoints: exact round trip, newest kept, clear errors."""
+"""Checkpoints: exact round trip, newest kept, clear errors, URL paths,
+--checkpoint_dir, written by process 0 only (multi-device and multi-host
+restores: tests/multihost_test.py)."""
 
 import os
+from unittest import mock
 
 from absl.testing import absltest
+from etils.epath import testing as epath_testing
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from distill_jax import platform
 from distill_jax.methods import rat_bptt
+from distill_jax.platform import distributed
 from distill_jax.run import checkpoint
 
 
@@ -62,6 +68,42 @@ class CheckpointTest(absltest.TestCase):
     mngr = checkpoint.manager(self.create_tempdir().full_path)
     with self.assertRaisesRegex(TypeError, "key_data"):
       checkpoint.save(mngr, 1, {"k": jax.random.key(0)})
+
+  def test_url_paths_go_through_epath(self):
+    # mock_epath sends gs:// paths to the local filesystem, relative to the
+    # working directory (gs:/bucket/...), through the epath code path.
+    cwd = os.getcwd()
+    os.chdir(self.create_tempdir().full_path)
+    self.addCleanup(os.chdir, cwd)
+    with epath_testing.mock_epath():
+      mngr = checkpoint.Manager("gs://bucket/run/ckpt", max_to_keep=2)
+      self.assertEqual(mngr.steps(), [])
+      for step in (1, 2, 3):
+        checkpoint.save(mngr, step, _state(step))
+      self.assertEqual(mngr.steps(), [2, 3])
+      step, got = checkpoint.restore_latest(mngr, _state())
+    self.assertEqual(step, 3)
+    jax.tree.map(np.testing.assert_array_equal, got, _state(3))
+    self.assertEqual(sorted(os.listdir("gs:/bucket/run/ckpt")),
+                     ["ckpt_000000002.npz", "ckpt_000000003.npz"])
+
+  def test_checkpoint_dir_of_the_platform(self):
+    wd, elsewhere = (self.create_tempdir().full_path for _ in range(2))
+    previous = platform.configure(platform.Platform(checkpoint_dir=elsewhere))
+    self.addCleanup(platform.configure, previous)
+    mngr = checkpoint.manager(wd)
+    self.assertEqual(mngr.directory, elsewhere)
+    checkpoint.save(mngr, 4, _state())
+    self.assertEqual(os.listdir(elsewhere), ["ckpt_000000004.npz"])
+    self.assertFalse(os.path.exists(os.path.join(wd, "checkpoints")))
+
+  def test_only_the_writer_process_writes(self):
+    mngr = checkpoint.manager(self.create_tempdir().full_path)
+    with mock.patch.object(distributed, "is_writer", return_value=False):
+      checkpoint.save(mngr, 1, _state())
+    self.assertEqual(mngr.steps(), [])
+    checkpoint.save(mngr, 1, _state())
+    self.assertEqual(mngr.steps(), [1])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The explicit platform options: compile options, CPU kernels, malloc.
 
 None of these change what is computed, only how fast, in how much
-memory, and what is recorded besides the outputs (TensorBoard events, a
+memory, where checkpoints go, and what is recorded besides the outputs (TensorBoard events, a
 profiler trace: `run.observe`): `xla_cpu_defaults` picks XLA:CPU's compile options and
 `cpu_wide_conv` the convolution formulation `layers.conv2d(impl="auto")`
 uses for wide inputs on CPU (float-equivalent formulations), the malloc
@@ -50,6 +50,9 @@ class Platform:
     mesh: the ("inits", "data") device mesh (`platform.mesh.parse`):
       "auto" (every device on the method's axis), "none" (one device) or
       sizes like "inits:4,data:2".
+    checkpoint_dir: where the host loop keeps its checkpoints: "" for
+      <workdir>/checkpoints, else any `etils.epath` path (gs://bucket/run,
+      a local folder), one per run (one host loop: not Boost-DD).
   """
   xla_cpu_defaults: bool = False
   cpu_wide_conv: str = "xla_vjp"
@@ -58,6 +61,7 @@ class Platform:
   tensorboard: bool = False
   profile_steps: int = 0
   mesh: str = "auto"
+  checkpoint_dir: str = ""
 
   def __post_init__(self):
     from distill_jax.nn import layers  # pylint: disable=g-import-not-at-top
@@ -85,6 +89,9 @@ class Platform:
                        "number of outer steps >= 0 (0: off).")
     from distill_jax.platform import mesh  # pylint: disable=g-import-not-at-top
     mesh.parse(self.mesh)
+    if not isinstance(self.checkpoint_dir, str):
+      raise ValueError(f"checkpoint_dir={self.checkpoint_dir!r} must be a "
+                       "path ('' for <workdir>/checkpoints).")
 
 
 @functools.cache

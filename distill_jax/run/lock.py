@@ -10,6 +10,8 @@ there are no stale locks to clean up. Within one process the lock is
 re-entrant (Boost-DD's `boost.run` calls `rat_train.distill` while it holds
 the lock; flock from a second file descriptor would conflict with the
 first); another thread of the same process is refused like another run.
+In a multi-host run only process 0 takes the lock (and writes in the
+workdir); the others run unlocked.
 """
 
 import contextlib
@@ -19,6 +21,8 @@ import os
 import threading
 
 from absl import logging
+
+from distill_jax.platform import distributed
 
 LOCK_FILE = ".lock"
 # Filesystems without flock support (some network mounts): run unlocked.
@@ -99,6 +103,9 @@ def workdir_lock(workdir: str):
     WorkdirLockedError: another process (or thread) holds the lock.
     ValueError: `workdir` is a file or cannot be created.
   """
+  if not distributed.is_writer():
+    yield
+    return
   ensure_workdir(workdir)
   path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
   me = threading.get_ident()

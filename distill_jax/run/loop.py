@@ -20,7 +20,15 @@ everything around it, the same way for DD, RaT-BPTT and each Boost-DD block:
   * optionally TensorBoard events and a profiler trace (`observe`).
 
 Resuming from the newest checkpoint gives the same result, bit for bit, as
-an uninterrupted run.
+an uninterrupted run on the same devices, and within float rounding on
+another device or host count (the checkpoint holds whole arrays; sharded
+reductions sum in another order).
+
+On several hosts (`platform.distributed`) every process runs the loop and
+every step; only process 0 writes metrics.jsonl, checkpoints, TensorBoard
+events, a trace and the progress line, and the decision to stop on the
+time budget is process 0's (`distributed.agree`), so all processes run the
+same number of steps.
 """
 
 import contextlib
@@ -34,6 +42,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
+from distill_jax.platform import distributed
 from distill_jax.platform import xla_options
 from distill_jax.run import checkpoint
 from distill_jax.run import guard as guard_lib
@@ -176,7 +185,23 @@ def check_resume_steps(workdir: str, total: int) -> None:
 
 
 def _host(tree):
-  return jax.tree.map(np.asarray, tree)
+  return distributed.host_tree(tree)
+
+
+class _NoObserver:
+  """What the processes other than 0 record: nothing."""
+
+  def before_step(self, step):
+    pass
+
+  def after_step(self, step, state):
+    pass
+
+  def record(self, rec):
+    pass
+
+  def close(self):
+    pass
 
 
 def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
@@ -210,7 +235,9 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
   Raises:
     guard.DivergedError: the state turned non-finite.
   """
-  os.makedirs(workdir, exist_ok=True)
+  writer = distributed.is_writer()
+  if writer:
+    os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint.manager(workdir)
   ckpt = {"state": state, "best": _host(state.learned),
           "best_val": np.float64(-1), "best_step": np.int32(0)}
@@ -220,11 +247,13 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
     check_resume_steps(workdir, loop.total)
     restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
     start = int(restored or 0)
-    elapsed = truncate_metrics(metrics_path, start)
-  elif os.path.exists(metrics_path):
+    if writer:  # the others' clocks do not decide anything (`agree`).
+      elapsed = truncate_metrics(metrics_path, start)
+  elif writer and os.path.exists(metrics_path):
     os.remove(metrics_path)
   state = ckpt["state"]
-  bar = progress_lib.Progress(loop.total, start, enabled=show_progress,
+  bar = progress_lib.Progress(loop.total, start,
+                              enabled=show_progress and writer,
                               time_budget_s=loop.time_budget_s)
   t0, step = time.time() - elapsed, start  # wall time counts across resumes.
 
@@ -234,15 +263,18 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
   if step < loop.total:  # compile now, then return the compiler's memory.
     xla_options.precompile(step_fn, state, *step_args(batch(step)))
   guard = guard_lib.Guard(mngr, advice)
-  obs = observe.Observer(workdir, start, loop.total)
-  with open(metrics_path, "a") as log, contextlib.closing(obs):
+  obs = (observe.Observer(workdir, start, loop.total) if writer else
+         _NoObserver())
+  with open(metrics_path if writer else os.devnull, "a") as log, \
+      contextlib.closing(obs):
     while step < loop.total:
       obs.before_step(step)
       state, m = step_fn(state, *step_args(batch(step)))
       step += 1
       obs.after_step(step, state)
       last = step == loop.total or bool(
-          loop.time_budget_s and time.time() - t0 > loop.time_budget_s)
+          loop.time_budget_s and distributed.agree(
+              time.time() - t0 > loop.time_budget_s))
       is_eval = evaluate is not None and (
           (last and loop.eval_last) or
           bool(loop.eval_every and step % loop.eval_every == 0))
@@ -256,8 +288,8 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
       # written, so no checkpoint or candidate is ever non-finite.
       rec = {"step": step, "time_s": round(time.time() - t0, 3),
              **{k: float(v) for k, v in m.items()}}
-      diverged = guard.error(step, rec, state.learned,
-                             (state.opt_state, state.clip_ema))
+      diverged = guard.error(step, rec, _host(state.learned),
+                             _host((state.opt_state, state.clip_ema)))
       if diverged is not None:
         guard_lib.write_record(log, rec)
         raise diverged

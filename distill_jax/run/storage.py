@@ -33,7 +33,11 @@ learn_lr.
 `save_distilled_set` is the one writer and `load_distilled_set` the one
 reader; the reader validates everything and says what is wrong with a bad
 file. `atomic_write` (also used by checkpoints) writes a temporary file,
-fsyncs it, renames it over the target and fsyncs the folder.
+fsyncs it, renames it over the target and fsyncs the folder; on a URL path
+(gs://, s3://: `etils.epath`, imported only then) it writes the object in
+one upload, which such stores make visible whole or not at all. In a
+multi-host run only process 0 writes (`platform.distributed.is_writer`);
+`atomic_write` does nothing in the others.
 """
 
 import json
@@ -45,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from distill_jax import distilled_set as set_lib
+from distill_jax.platform import distributed
 from distill_jax.data import zca as zca_lib
 from distill_jax.distilled_set import DistilledSet
 
@@ -68,10 +73,18 @@ def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
   A reader sees the old file or the whole new one, also after a crash.
 
   Args:
-    path: destination.
+    path: destination (a local path, or a URL such as gs://bucket/file).
     write_fn: called with the open temporary file.
     mode: "wb" or "w".
   """
+  if not distributed.is_writer():
+    return
+  if is_url(path):
+    target = epath(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open(mode) as f:
+      write_fn(f)
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
@@ -90,6 +103,17 @@ def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
     os.fsync(dir_fd)
   finally:
     os.close(dir_fd)
+
+
+def is_url(path) -> bool:
+  """True for gs://, s3://, ... paths (read and written by `etils.epath`)."""
+  return "://" in str(path)
+
+
+def epath(path):
+  """`etils.epath.Path(path)` (imported on first use)."""
+  from etils import epath as epath_lib  # pylint: disable=g-import-not-at-top
+  return epath_lib.Path(path)
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import data
+from distill_jax import platform
 from distill_jax.methods import rat_budgets as rat_eval
 from distill_jax.methods import rat_bptt
 from distill_jax.nn import models
@@ -176,6 +177,9 @@ def _run_locked(cfg: rat_bptt.RatConfig, workdir: str, *,
                 resume: bool, show_progress: bool,
                 prep: rat_bptt.Prepared | None) -> dict:
   """`run` while it holds the workdir lock."""
+  if platform.current().checkpoint_dir:
+    raise ValueError("Boost-DD keeps one checkpoint folder per block in "
+                     "<workdir>/block_XX; drop --checkpoint_dir.")
   os.makedirs(workdir, exist_ok=True)
   storage.atomic_write(os.path.join(workdir, "config.json"),
                        lambda f: f.write(cfg.to_json()), mode="w")

@@ -1,8 +1,14 @@
-"""PNG grids of distilled images, one file per distilled step, and plots."""
+"""PNG grids of distilled images, one file per distilled step, and plots.
+
+In a multi-host run only process 0 draws and writes them
+(`platform.distributed.is_writer`); the others return no paths.
+"""
 
 import os
 
 import numpy as np
+
+from distill_jax.platform import distributed
 
 
 def _to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
@@ -25,6 +31,8 @@ def save_step_grids(directory: str, x: np.ndarray, labels: np.ndarray,
   Returns:
     The paths written.
   """
+  if not distributed.is_writer():
+    return []
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -60,6 +68,8 @@ def save_step_grids(directory: str, x: np.ndarray, labels: np.ndarray,
 def line_plot(path: str, series: dict, xlabel: str, ylabel: str,
               title: str = "") -> None:
   """Saves a line plot; `series` maps name -> (xs, means, stds or None)."""
+  if not distributed.is_writer():
+    return
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -84,6 +94,8 @@ def bar_plot(path: str, groups: dict, series: tuple[str, ...],
              ylabel: str, title: str = "") -> None:
   """Saves grouped bars; `groups` maps a group (e.g. a method) to
   {series name: (mean, std)}; `series` orders the bars of a group."""
+  if not distributed.is_writer():
+    return
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
