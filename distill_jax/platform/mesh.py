@@ -18,6 +18,8 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from distill_jax.platform import distributed
+
 INITS = "inits"
 DATA = "data"
 AXES = (INITS, DATA)
@@ -161,6 +163,19 @@ def map_sharded(fn, tree, chunk: int, axis: str = INITS,
       if pad:
         part = jax.tree.map(lambda a: jnp.concatenate(
             [a, jnp.repeat(a[-1:], pad, axis=0)]), part)
-      part = jax.device_put(part, NamedSharding(mesh, P(axis)))
-    outs.append(jax.tree.map(lambda a, m=m: a[:m], fn(part)))
+      part = _place(part, NamedSharding(mesh, P(axis)))
+    out = fn(part)
+    if size > 1 and jax.process_count() > 1:  # Outputs back on every host.
+      out = distributed.host_tree(out)
+    outs.append(jax.tree.map(lambda a, m=m: a[:m], out))
   return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+
+def _place(tree, spec: NamedSharding):
+  """Every leaf (PRNG keys too) on `spec`, also for a mesh across hosts."""
+  def one(a):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(a)),
+                                      impl=jax.random.key_impl(a))
+    return distributed.place(np.asarray(a), spec)
+  return jax.tree.map(one, tree)
