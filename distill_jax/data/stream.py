@@ -258,7 +258,14 @@ def _splits(found: tfds_source.Found, size, where: str):
       'validation' if 'validation' in names else None)
 
   def records(split, ids=None):
-    src = builder.as_data_source(split)
+    try:
+      src = builder.as_data_source(split)
+    except Exception as e:  # pylint: disable=broad-except
+      raise base.DataFileError(
+          f'{where}: opening the prepared {split} split failed '
+          f'({type(e).__name__}: {base.one_line(e)[:200]}); its ArrayRecord '
+          'files are missing or damaged: delete the prepared folder to '
+          'prepare it again.') from e
     ids = np.arange(len(src)) if ids is None else ids
     return Records(src, ids, meta, size, f'{where} ({split})')
   train = records('train')
