@@ -222,36 +222,42 @@ def is_large(found: tfds_source.Found) -> bool:
   return split_bytes(found.builder, 'train', found.meta) > AUTO_BYTES
 
 
-def scan_labels(records: Records, where: str) -> np.ndarray:
-  """All labels of ``records``, read `CHUNK` records at a time."""
-  out = [records.read(np.arange(s, min(len(records), s + CHUNK)))[1]
-         for s in range(0, len(records), CHUNK)]
-  if not out:
-    raise base.DataFileError(f'{where}: the prepared train split is empty.')
-  return np.concatenate(out)
+def scan(records: Records, where: str, stats: bool = False):
+  """All labels of ``records`` and, if ``stats``, the statistics
+  `datasets._train_stats` computes on their images: one pass, `CHUNK`
+  records at a time, with the same chunks and the same float64 reduction
+  (so the same numbers) and one chunk in memory.
 
-
-def scan_stats(records: Records) -> registry.Stats:
-  """`datasets._train_stats` of ``records``, read `CHUNK` at a time: the
-  same chunks and the same float64 reduction, so the same numbers."""
-  c = records.read([0])[0].shape[-1]
-  total, total_sq, count = np.zeros(c), np.zeros(c), 0
+  Returns:
+    ``(labels, (mean, std) or None)``.
+  """
+  if not len(records):
+    raise base.DataFileError(f'{where}: a prepared split is empty.')
+  labels, total, total_sq, count = [], 0.0, 0.0, 0
   for start in range(0, len(records), CHUNK):
-    x, _ = records.read(np.arange(start, min(len(records), start + CHUNK)))
-    chunk = x.reshape(-1, c).astype(np.float64)
+    x, y = records.read(np.arange(start, min(len(records), start + CHUNK)))
+    labels.append(y)
+    if not stats:
+      continue
+    chunk = x.reshape(-1, x.shape[-1]).astype(np.float64)
     del x
     chunk /= 255.0
-    total += chunk.sum(0)
+    total = total + chunk.sum(0)
     np.square(chunk, out=chunk)
-    total_sq += chunk.sum(0)
+    total_sq = total_sq + chunk.sum(0)
     count += len(chunk)
+    del chunk
+  if not stats:
+    return np.concatenate(labels), None
   mean = total / count
   std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
-  return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+  return np.concatenate(labels), (tuple(float(m) for m in mean),
+                                  tuple(float(s) for s in std))
 
 
-def _splits(found: tfds_source.Found, size, where: str):
-  """(train Records, train labels, test Records, test labels, note)."""
+def _splits(found: tfds_source.Found, size, where: str, stats: bool):
+  """(train Records, train labels, test Records, test labels, note, train
+  statistics or None)."""
   builder, meta = found.builder, found.meta
   names = set(builder.info.splits)
   test = 'test' if 'test' in names or not names else (
@@ -269,15 +275,17 @@ def _splits(found: tfds_source.Found, size, where: str):
     ids = np.arange(len(src)) if ids is None else ids
     return Records(src, ids, meta, size, f'{where} ({split})')
   train = records('train')
-  y_train = scan_labels(train, where)
   if test is None:  # as `tfds_source.read_builder`.
-    held = splits.holdout_mask(y_train)
+    y_all, _ = scan(train, where)
+    held = splits.holdout_mask(y_all)
     test_rec = records('train', np.flatnonzero(held))
     train = records('train', np.flatnonzero(~held))
-    return (train, y_train[~held], test_rec, y_train[held],
-            ' (test split: seeded hold-out of train)')
+    return (train, y_all[~held], test_rec, y_all[held],
+            ' (test split: seeded hold-out of train)',
+            scan(train, where, stats)[1])
+  y_train, train_stats = scan(train, where, stats)
   test_rec = records(test)
-  return train, y_train, test_rec, scan_labels(test_rec, where), ''
+  return train, y_train, test_rec, scan(test_rec, where)[0], '', train_stats
 
 
 def load(found: tfds_source.Found, name: str, *, val_size: int = 0,
@@ -303,11 +311,12 @@ def load(found: tfds_source.Found, name: str, *, val_size: int = 0,
   from distill_jax.data import datasets
   size = datasets._size(image_size)  # pylint: disable=protected-access
   where = found.source.split(':', 1)[-1]
-  train, y_train, test, y_test, note = _splits(
-      found, size if found.meta.varying_size else None, where)
+  spec = registry.spec(name)
+  train, y_train, test, y_test, note, train_stats = _splits(
+      found, size if found.meta.varying_size else None, where,
+      stats=not (spec and spec.stats))
   native = found.meta.image_shape[-1]
-  mean, std = datasets.stats_of(name, native, channels,
-                                lambda: scan_stats(train))
+  mean, std = datasets.stats_of(name, native, channels, lambda: train_stats)
   train_idx, val_idx = splits.validation_indices(y_train, val_size, seed)
   if train_limit is not None and train_limit < len(train_idx):
     rng = np.random.default_rng([seed, 1])
