@@ -21,6 +21,7 @@ from distill_jax.eval import accuracy as accuracy_lib
 from distill_jax.methods import rat_bptt
 from distill_jax.run import loop as loop_lib
 from distill_jax.run import storage
+from distill_jax.run import train_dd
 from distill_jax.run import train_rat
 from tests import test_utils
 
@@ -207,3 +208,22 @@ def test_rat_bptt_streamed_and_resumed_equals_memory(raw_dir, tmp_path):
 def test_rat_bptt_refuses_zca_with_stream():
   with pytest.raises(ValueError, match='zca'):
     _rat_cfg(data_source='stream', zca=True)
+
+
+def test_dd_streamed_and_resumed_equals_memory(raw_dir, tmp_path):
+  def cfg(**kw):
+    return test_utils.tiny_config(dataset='mnist', outer_steps=4,
+                                  checkpoint_every=0, image_init='real',
+                                  val_size=10, eval_every=2, **kw)
+  full = str(tmp_path / 'memory')
+  want = train_dd.run(cfg(), full, data_dir=raw_dir, show_progress=False)
+  part = str(tmp_path / 'stream')
+  assert train_dd.run(cfg(data_source='stream'), part, data_dir=raw_dir,
+                      show_progress=False, stop_at=3) == {'interrupted_at': 3}
+  got = train_dd.run(cfg(data_source='stream'), part, data_dir=raw_dir,
+                     show_progress=False, resume=True)
+  a = storage.load_distilled_set(os.path.join(full, 'distilled.npz'))
+  b = storage.load_distilled_set(os.path.join(part, 'distilled.npz'))
+  np.testing.assert_array_equal(a.images, b.images)
+  assert want['test_acc'] == got['test_acc']
+  assert want['val_acc'] == got['val_acc']

@@ -73,6 +73,7 @@ from distill_jax.data.prepared import source_fingerprint
 from distill_jax.data.registry import _Spec
 from distill_jax.data.registry import _SPECS
 from distill_jax.data.registry import available
+from distill_jax.data.registry import DATA_SOURCES
 from distill_jax.data.registry import ENV_DATA_DIR
 from distill_jax.data.registry import FASHION_MNIST_SYSTEM_DIR
 from distill_jax.data.tfds_source import read_builder as _from_builder
@@ -254,9 +255,6 @@ def _prepare(x, pixels, image_size, channels, mean, std) -> np.ndarray:
   if channels and channels != out.shape[-1]:
     out = np.repeat(out, channels, axis=-1)
   return _normalize_inplace(as_aligned(out), mean, std)
-
-
-DATA_SOURCES = ('memory', 'stream', 'auto')
 
 
 def preparer(pixels: str, image_size, channels, mean, std):

@@ -18,6 +18,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from distill_jax.data import base
+from distill_jax.data import stream
 
 
 class Split(Protocol):
@@ -60,8 +61,8 @@ class InMemory:
 
 
 def is_streamed(split) -> bool:
-  """Whether ``split`` reads from files (not an `InMemory` or a tuple)."""
-  return not isinstance(split, (InMemory, tuple))
+  """Whether ``split`` is read from files (a `stream.StreamSplit`)."""
+  return isinstance(split, stream.StreamSplit)
 
 
 def of(ds: base.Dataset, name: str, x=None) -> Split:

@@ -113,6 +113,8 @@ def read_records(source, ids, meta: tfds_source.Meta, size=None,
       examples = [source[i] for i in ids]
     images = [np.asarray(e[meta.image_key]) for e in examples]
     labels = np.asarray([e[meta.label_key] for e in examples], np.int64)
+  except MemoryError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise base.DataFileError(
         f'{where or "the prepared dataset"}: reading records failed '
@@ -163,6 +165,10 @@ class StreamSplit:
     idx = self._local(idx)
     x, _ = self.records.read(idx)
     return self.prepare(x), self.labels[idx]
+
+  def take(self, idx) -> np.ndarray:
+    """The images of examples ``idx`` (all of them, on every host)."""
+    return self.prepare(self.records.read(idx)[0])
 
   def step_arrays(self, idx):
     """``(x, y, idx)`` of an outer step's real batch: the batch itself and

@@ -293,6 +293,8 @@ def load_prepared_dir(path: str, size=None) -> base.Raw:
   try:
     return read_builder(found.builder, found.source, found.meta,
                         size if found.meta.varying_size else None)
+  except MemoryError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise base.DataFileError(
         f'{path}: reading the prepared files failed ({type(e).__name__}: '
