@@ -16,7 +16,8 @@ Commands (2-core CPU; data from ../shared/datasets):
   python -m experiments.decoupled --method=scdd --preset=fashion_ipc10 \
       --workdir=/tmp/scdd_fashion10 --data_dir=../shared/datasets
 
-Presets: fashion_ipc10 (default), fashion_ipc50, cifar10_ipc10,
+Presets: fashion_ipc1, fashion_ipc10 (default), fashion_ipc50, cifar10_ipc1,
+cifar10_ipc10,
 cifar10_ipc50 (the offline JPEG copy of CIFAR-10), gpu_cifar10_ipc10/50
 (the papers' settings), gpu_scdd_cifar100_ipc50 (SC-DD's CIFAR-100
 settings), gpu_gvbsm_cifar100_ipc50, gpu_gvbsm_tiny_ipc50,

@@ -551,9 +551,12 @@ def _ipc50(cfg: DecoupledConfig) -> DecoupledConfig:
 
 DECOUPLED = Presets(
     "fashion_ipc10",
+    fashion_ipc1=("Fashion-MNIST, IPC 1, CPU", lambda: _fashion(1)),
     fashion_ipc10=("Fashion-MNIST, IPC 10, CPU", lambda: _fashion(10)),
     fashion_ipc50=("Fashion-MNIST, IPC 50, CPU",
                    lambda: _ipc50(_fashion(50))),
+    cifar10_ipc1=("CIFAR-10 (offline JPEG copy), IPC 1, CPU",
+                  lambda: _cifar10(1)),
     cifar10_ipc10=("CIFAR-10 (offline JPEG copy), IPC 10, CPU",
                    lambda: _cifar10(10)),
     cifar10_ipc50=("CIFAR-10 (offline JPEG copy), IPC 50, CPU",

@@ -111,3 +111,23 @@ def test_gpu_preset_at_tiny_size(fake_data, tmp_path):
   assert report["teacher_recipe"]["arch"] == "resnet18"
   assert report["evaluation"]["protocol"]["mix"] == "mixup"
   assert report["evaluation"]["soft"]["test_acc"]["n"] == 2
+
+
+@pytest.mark.parametrize("ipc,batch,sizes", [
+    (1, 10, (1, 0, 0, 0, 0, 0, 0, 0)),
+    (10, 50, (2, 2, 1, 1, 1, 1, 1, 1)),
+    (50, 100, (7, 7, 6, 6, 6, 6, 6, 6))])
+def test_cpu_presets_by_ipc(ipc, batch, sizes):
+  """The CPU presets at IPC 1, 10 and 50: DELT's post-train batch table
+  (C.5) and round partition, for both datasets."""
+  from experiments import presets  # pylint: disable=g-import-not-at-top
+  from distill_jax.methods.decoupled import posttrain
+  from distill_jax.methods.decoupled import schedules
+  for dataset in ("fashion", "cifar10"):
+    cfg = presets.DECOUPLED(f"{dataset}_ipc{ipc}")
+    assert cfg.ipc == ipc
+    assert cfg.post_cfg().batch_size in (0, batch)
+    assert posttrain.batch_size_for(ipc, 10) == batch
+    rec = cfg.replace_flat(method="delt").recover_cfg()
+    assert schedules.round_sizes(rec.ipc, rec.rounds) == sizes
+    assert rec.iterations == (800 if ipc == 50 else 1000)

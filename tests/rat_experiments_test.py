@@ -170,3 +170,19 @@ def test_rat_compare_reuse_distinguishes_time_budgets(tmp_path):
     rat_compare.reuse_report(str(tmp_path), cfg)
   assert rat_compare.reuse_report(
       str(tmp_path), dataclasses.replace(cfg, time_budget_s=3.0))
+
+
+def test_rat_bptt_learns_above_chance(tmp_path):
+  """A short real RaT-BPTT distillation beats chance by a wide margin.
+
+  On bar-pattern data (`write_fake_datasets(bars=True)`) 20 outer steps of
+  the smoke setting (MLP, N=4, M=2, 1 image per class) reach about 50 % on
+  fresh networks; the set after 1 outer step gives about 17 % (10 classes).
+  """
+  data_dir = test_utils.write_fake_datasets(str(tmp_path / "bars"),
+                                            bars=True)
+  _run("rat_bptt_fashion", ["--preset=smoke", "--outer_steps=20",
+                            "--outer_lr=0.05", "--seed=0"], data_dir,
+       tmp_path)
+  report = json.loads((tmp_path / "wd" / "report.json").read_text())
+  assert report["test_acc"]["mean"] >= 35.0, report["test_acc"]

@@ -3,7 +3,9 @@
 DD and RaT-BPTT share the sharded meta-gradient of the core (8
 initialisations on the "inits" axis); one recover iteration and one student
 step shard their batch on the "data" axis (train-mode BatchNorm statistics
-stay means over the whole batch). Runs in subprocesses (the device count
+stay means over the whole batch); replay and retrain evaluation shard
+held-out initialisations on "inits" and stored relabelling its images on
+"data", padding counts the devices do not divide. Runs in subprocesses (the device count
 must be fixed before JAX initialises)."""
 
 import os
@@ -93,6 +95,24 @@ SCRIPT = textwrap.dedent("""
     got = fit.fit(trainer, per_net, (1,))
     leaves = jax.tree.leaves(got)
     out["student"] = np.concatenate([np.ravel(a) for a in leaves])
+    # Evaluation over held-out initialisations ("inits"): replay of the DD
+    # set and retraining, 5 networks in chunks of 3 (padded to the 8
+    # devices); stored soft labels of 12 images in chunks of 5 ("data").
+    from distill_jax.eval import replay
+    from distill_jax.methods.decoupled import relabel
+    p5 = jax.vmap(model.init)(jax.random.split(jax.random.key(8), 5))
+    trained = replay.replay(model.apply, p5, state.learned, labels, epochs=1,
+                            chunk=3)
+    out["replay"] = np.concatenate([np.ravel(a) for a in
+                                    jax.tree.leaves(trained)])
+    assert not np.allclose(out["replay"], np.concatenate(
+        [np.ravel(a) for a in jax.tree.leaves(p5)]))
+    out["retrain"] = replay.retrain_accuracy(
+        model.apply, p5, jax.random.key(9), state.learned["x"], labels, rx,
+        ry, lr=0.1, epochs=2, batch_size=4, batch=16)
+    stored = relabel.store(teacher, xs[:12], 2, relabel.ViewConfig(
+        seed=1, min_scale=0.5), chunk=5)
+    out["relabel"] = np.asarray(stored.dense(), np.float32)
     np.savez("out.npz", **out)
 """)
 
@@ -109,7 +129,7 @@ def test_eight_devices_match_one(tmp_path):
     with np.load(tmp_path / "out.npz") as z:
       results[n] = {k: z[k] for k in z.files}
   for k in ("dd_x", "dd_loss", "rat_x", "rat_loss", "rec_loss", "rec_g",
-            "student"):
+            "student", "replay", "retrain", "relabel"):
     np.testing.assert_allclose(results[1][k], results[8][k], rtol=1e-4,
                                atol=1e-6, err_msg=k)
   # The runs moved the images (a no-op step would also "match").

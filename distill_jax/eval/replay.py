@@ -8,8 +8,9 @@ Two protocols, both trained with the one routine `eval.fit`:
     minibatch SGD for a number of epochs (the images are then used without
     their learned order and learning rates).
 
-Both run networks side by side under `vmap`, in chunks to bound memory, and
-return one accuracy per network so callers report mean +- std.
+Both run networks side by side under `vmap`, in chunks to bound memory, each
+chunk sharded over the mesh's "inits" axis (`platform.mesh.map_sharded`),
+and return one accuracy per network so callers report mean +- std.
 """
 
 import jax
@@ -21,6 +22,7 @@ from distill_jax.core import meta
 from distill_jax.core import schedule as schedule_lib
 from distill_jax.eval import accuracy as accuracy_lib
 from distill_jax.eval import fit
+from distill_jax.platform import mesh as sharding
 from distill_jax.platform import xla_options
 
 
@@ -49,21 +51,20 @@ def replay(apply_fn, params0_batch, learned, labels, *, epochs: int,
   problem = problem or replay_problem(apply_fn, epochs)
   num = jax.tree.leaves(params0_batch)[0].shape[0]
   keys = jax.random.split(jax.random.key(0) if key is None else key, num)
-  outs = [_replay(problem, p, learned, labels, k) for p, k in zip(
-      accuracy_lib.chunks(params0_batch, chunk),
-      accuracy_lib.chunks(keys, chunk))]
-  return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+  return sharding.map_sharded(
+      lambda pk: _replay(problem, pk[0], learned, labels, pk[1]),
+      (params0_batch, keys), chunk, sharding.INITS)
 
 
 def replay_accuracy(apply_fn, params0_batch, learned, labels, x, y, *,
                     epochs: int, batch: int = 500,
                     problem: meta.Problem | None = None,
-                    key=None) -> np.ndarray:
+                    key=None, chunk: int = 50) -> np.ndarray:
   """Replay evaluation: accuracy on (x, y) after the learned steps; ``x``
   may instead be a streamed split (`data.stream.StreamSplit`, ``y`` None).
   """
   params = replay(apply_fn, params0_batch, learned, labels, epochs=epochs,
-                  problem=problem, key=key)
+                  problem=problem, key=key, chunk=chunk)
   if y is None:
     return accuracy_lib.accuracy_on(apply_fn, params, x, batch=batch)
   return accuracy_lib.accuracy(apply_fn, params, x, y, batch=batch)
@@ -107,6 +108,8 @@ def retrain_accuracy(apply_fn, params0_batch, key, x_syn, y_syn, x, y, *,
   y_syn = y_syn.reshape(-1)
   batch_size = min(batch_size, x_syn.shape[0])
   k = jax.tree.leaves(params0_batch)[0].shape[0]
-  params = _retrain(apply_fn, params0_batch, jax.random.split(key, k), x_syn,
-                    y_syn, jnp.float32(lr), epochs, batch_size)
+  params = sharding.map_sharded(
+      lambda pk: _retrain(apply_fn, pk[0], pk[1], x_syn, y_syn,
+                          jnp.float32(lr), epochs, batch_size),
+      (params0_batch, jax.random.split(key, k)), k, sharding.INITS)
   return accuracy_lib.accuracy(apply_fn, params, x, y, batch=batch)

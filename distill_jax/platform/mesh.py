@@ -12,6 +12,7 @@ one-line ValueError. On one device every helper is a no-op.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -125,3 +126,41 @@ def data_mesh(batch: int, what: str) -> Mesh | None:
   mesh = from_platform(DATA)
   check_divisible(mesh, DATA, batch, what)
   return mesh
+
+
+def map_sharded(fn, tree, chunk: int, axis: str = INITS,
+                pad_as: str | None = None):
+  """`fn` over chunks of `tree`'s leading axis, each chunk placed on `axis`.
+
+  For host-side loops over many independent entries (evaluation over
+  held-out initialisations, teacher logits of many images). The chunk is
+  rounded up to a multiple of the axis size and the last chunk is padded
+  with copies of its last entry, whose outputs are dropped, so any count
+  runs on every device. Where entries are not independent (train-mode
+  BatchNorm statistics over a chunk), pass `pad_as` (the name of the
+  count): chunks are then never padded and a count the axis does not divide
+  is refused. With no mesh (one device) `fn` sees exactly the chunks of
+  `chunk` entries, as without sharding. Returns the outputs concatenated
+  along their leading axis.
+
+  Raises:
+    ValueError: with `pad_as`, a chunk the axis size does not divide.
+  """
+  mesh = from_platform(axis)
+  size = axis_size(mesh, axis)
+  chunk = pad_to(max(1, chunk), mesh, axis)
+  n = jax.tree.leaves(tree)[0].shape[0]
+  outs = []
+  for start in range(0, n, chunk):
+    part = jax.tree.map(lambda a, s=start: a[s:s + chunk], tree)
+    m = min(chunk, n - start)
+    if size > 1:
+      if pad_as is not None:
+        check_divisible(mesh, axis, m, pad_as)
+      pad = pad_to(m, mesh, axis) - m
+      if pad:
+        part = jax.tree.map(lambda a: jnp.concatenate(
+            [a, jnp.repeat(a[-1:], pad, axis=0)]), part)
+      part = jax.device_put(part, NamedSharding(mesh, P(axis)))
+    outs.append(jax.tree.map(lambda a, m=m: a[:m], fn(part)))
+  return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)

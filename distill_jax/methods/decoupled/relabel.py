@@ -23,6 +23,10 @@ The teacher's BatchNorm mode is a flag (`teacher_bn`): "eval" uses running
 statistics; "train" normalises with each batch's statistics, as SRe2L's
 CIFAR relabel code does by never calling `.eval()` (C.6 item 3; the running
 statistics are not updated here, so the labels stay a pure function).
+
+Stored labels are computed in chunks of images, each sharded over the
+mesh's "data" axis (`platform.mesh.map_sharded`; eval-mode chunks are
+padded to the axis size, train-mode chunks must divide it).
 """
 
 import dataclasses
@@ -32,6 +36,7 @@ import numpy as np
 
 from distill_jax.data import crops
 from distill_jax.nn import stat_models
+from distill_jax.platform import mesh as sharding
 
 BN_MODES = ("eval", "train")
 
@@ -169,9 +174,11 @@ def store(teacher, images, epochs: int, view: ViewConfig, *,
 
   per_epoch = []
   for e in range(epochs):
-    parts = [one_epoch(jnp.int32(e), images[s:s + chunk], ids[s:s + chunk])
-             for s in range(0, n, chunk)]
-    per_epoch.append(np.asarray(jnp.concatenate(parts), np.float32))
+    logits_e = sharding.map_sharded(
+        lambda xi, e=e: one_epoch(jnp.int32(e), *xi), (images, ids), chunk,
+        sharding.DATA, pad_as=None if bn_mode == "eval" else
+        "relabel chunk (train-mode teacher BN)")
+    per_epoch.append(np.asarray(logits_e, np.float32))
   logits = np.stack(per_epoch)
   c = logits.shape[-1]
   if top_k and top_k < c:
