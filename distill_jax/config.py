@@ -112,6 +112,9 @@ class DistillConfig:
   eval_batch: int = 500
 
   # Run control.
+  # "memory", "stream" (real batches and the test split read by index from
+  # the prepared ArrayRecord files, `data.stream`) or "auto".
+  data_source: str = "memory"
   seed: int = 0
   log_every: int = 50
   checkpoint_every: int = 500
@@ -136,6 +139,10 @@ class DistillConfig:
     _choice("objective", self.objective, OBJECTIVES)
     _choice("image_init", self.image_init, IMAGE_INITS)
     _choice("inner_opt", self.inner_opt, INNER_OPTS)
+    _choice("data_source", self.data_source, data_registry.DATA_SOURCES)
+    if self.zca and self.data_source == "stream":
+      raise ValueError("zca=True fits the whitening on the whole train split"
+                       " in memory; use data_source='memory' with it.")
     for name in ("syn_aug", "real_aug"):
       ops = getattr(self, name).split("_")
       if getattr(self, name) not in ("", "none") and any(

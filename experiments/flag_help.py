@@ -30,6 +30,7 @@ CHOICES = {
     "truncation": truncation.MODES,
     "boost_mode": rat_bptt.BOOST_MODES,
     "eval_parallel": ("map", "vmap"),
+    "data_source": ("memory", "stream", "auto"),
     "AdaptAlexNetConfig.target": voc_cub.TARGETS,
     "DecoupledConfig.method": ("sre2l", "cda", "delt", "gvbsm", "rded",
                                "random_real", "scdd"),
@@ -176,6 +177,11 @@ HELP = {
     "eval_nets": "fresh networks trained for the test accuracy",
     "val_nets": "fresh networks of each validation evaluation",
     # Run control.
+    "data_source": "where the data is read from: memory (the splits as "
+                   "arrays), stream (the train and test splits read by index "
+                   "from the prepared ArrayRecord files, for datasets larger "
+                   "than memory; the same batches and results) or auto "
+                   "(stream train splits of more than 4 GiB of pixels)",
     "seed": "random seed",
     "log_every": "outer steps between metric lines",
     "checkpoint_every": "outer steps between checkpoints",

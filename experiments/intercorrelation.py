@@ -84,6 +84,9 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, budgets=(1, 2, 5, 10),
     raise ValueError(f"--boost_modes={','.join(boost_modes)}: choose one or "
                      f"more of {','.join(rat_bptt.BOOST_MODES)}.")
   cfg = dataclasses.replace(cfg, batch_per_class=1).validate()
+  if cfg.data_source != "memory":  # its baselines need the arrays.
+    raise ValueError(f"data_source={cfg.data_source!r}: this experiment "
+                     "reads the whole splits; use --data_source=memory.")
   prep = rat_bptt.prepare(cfg, None, data_dir)
   ds = prep.ds
   kw = dict(prep=prep, resume=resume, show_progress=show_progress)

@@ -194,6 +194,9 @@ def run(cfg: rat_bptt.RatConfig, workdir: str, *, methods=METHODS,
                      "finished rat_bptt run).")
   cfg = cfg.validate()
   os.makedirs(workdir, exist_ok=True)
+  if cfg.data_source != "memory":  # its baselines need the arrays.
+    raise ValueError(f"data_source={cfg.data_source!r}: this experiment "
+                     "reads the whole splits; use --data_source=memory.")
   prep = rat_bptt.prepare(cfg, None, data_dir)
   rows = []
   for m in methods:

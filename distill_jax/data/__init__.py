@@ -11,11 +11,14 @@ Modules: `datasets` (`load`), `registry` (the names and their errors),
 `tfds_source` (TFDS builders by name), `prepared` and `local` (local copies
 and their builders), `readers` (local file formats), `user` (the user's
 own .npz files and image folders), `base` (`Dataset`, errors),
-`transforms`, `splits`.
+`transforms`, `splits`, `stream` (prepared splits read by index, never
+materialised) and `sources` (one interface for splits in memory and
+streamed).
 """
 
 from distill_jax.data.datasets import available
 from distill_jax.data.datasets import clear_cache
+from distill_jax.data.datasets import DATA_SOURCES
 from distill_jax.data.datasets import DataFileError
 from distill_jax.data.datasets import Dataset
 from distill_jax.data.datasets import DatasetNotFoundError
@@ -40,6 +43,7 @@ __all__ = [
     "available",
     "check_name",
     "clear_cache",
+    "DATA_SOURCES",
     "DataFileError",
     "Dataset",
     "DatasetNotFoundError",

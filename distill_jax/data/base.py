@@ -45,7 +45,13 @@ class Dataset:
     std: per-channel std, in [0, 1] pixel units.
     class_names: name of each class, in label order (the class map).
     source: where the data came from: ``'local:<dir>'``,
-      ``'tfds:<name>'``, ``'npz:<file>'`` or ``'folder:<dir>'``.
+      ``'tfds:<name>'``, ``'prepared:<dir>'``, ``'npz:<file>'`` or
+      ``'folder:<dir>'``.
+    streams: None for a dataset in memory; for a streamed one
+      (``load(..., data_source='stream')``), ``{'train': ..., 'test': ...}``
+      `stream.StreamSplit` s reading those splits from the prepared files,
+      whose ``x_train`` and ``x_test`` are then empty (0, H, W, C) arrays
+      (``y_train`` and ``y_test`` hold all labels; ``x_val`` is in memory).
   """
   name: str
   x_train: np.ndarray
@@ -59,6 +65,7 @@ class Dataset:
   std: tuple[float, ...]
   class_names: tuple[str, ...]
   source: str
+  streams: dict | None = None
 
   @property
   def image_shape(self) -> tuple[int, int, int]:

@@ -73,6 +73,7 @@ from distill_jax.data.prepared import source_fingerprint
 from distill_jax.data.registry import _Spec
 from distill_jax.data.registry import _SPECS
 from distill_jax.data.registry import available
+from distill_jax.data.registry import DATA_SOURCES
 from distill_jax.data.registry import ENV_DATA_DIR
 from distill_jax.data.registry import FASHION_MNIST_SYSTEM_DIR
 from distill_jax.data.tfds_source import read_builder as _from_builder
@@ -92,11 +93,18 @@ def _size(image_size) -> tuple[int, int] | None:
   return tuple(int(s) for s in image_size)
 
 
-def _load_raw(name: str, manual_dir, data_dir, download: bool,
-              size=None) -> base.Raw:
-  """Finds a dataset (see module docstring for the order) and reads it."""
+def _locate(name: str, manual_dir, data_dir, download: bool, size=None):
+  """Finds a dataset (see module docstring for the order), reading nothing.
+
+  Returns:
+    ``('user', path)``, ``('prepared', path)`` (a prepared TFDS folder),
+    ``('local', name, directory)`` or ``('tfds', tfds_name, manual_dir,
+    routes_tried, layout)``.
+  """
   if registry.is_path(name):
-    return user.load(name, size)
+    if tfds_source.is_prepared_dir(name):
+      return ('prepared', os.path.abspath(os.path.expanduser(name)))
+    return ('user', name)
   spec = registry.spec(name)
   roots = [('manual_dir', manual_dir),
            (f'${ENV_DATA_DIR}', os.environ.get(ENV_DATA_DIR))]
@@ -110,17 +118,66 @@ def _load_raw(name: str, manual_dir, data_dir, download: bool,
       if directory is None:
         tried.append(f'{label}: {root} (no {name} files)')
         continue
-      return prepared.load_local(name, os.path.abspath(os.fspath(directory)),
-                                 os.fspath(data_dir))
+      return ('local', name, os.path.abspath(os.fspath(directory)))
   tfds_name = spec.tfds_name if spec is not None else name
   if tfds_name:
     manual = tfds_source.manual_dir_for([r for _, r in roots], tfds_name)
-    try:
-      return tfds_source.load_online(tfds_name, os.fspath(data_dir), manual,
-                                     size, download)
-    except tfds_source.PrepareError as e:
-      tried.append(f'online TFDS {tfds_name!r}: {e}')
+    return ('tfds', tfds_name, manual, tried, layout)
   raise DatasetNotFoundError(registry.how_to_get(name, tried, layout))
+
+
+def _online_failed(name: str, where, e: Exception) -> DatasetNotFoundError:
+  """The error of a failed online route, naming every route tried."""
+  return DatasetNotFoundError(registry.how_to_get(
+      name, where[3] + [f'online TFDS {where[1]!r}: {e}'], where[4]))
+
+
+def _load_raw(name: str, manual_dir, data_dir, download: bool,
+              size=None) -> base.Raw:
+  """Finds a dataset (`_locate`) and reads it."""
+  where = _locate(name, manual_dir, data_dir, download, size)
+  kind, arg = where[0], where[1]
+  if kind == 'user':
+    return user.load(arg, size)
+  if kind == 'prepared':
+    return tfds_source.load_prepared_dir(arg, size)
+  if kind == 'local':
+    return prepared.load_local(arg, where[2], os.fspath(data_dir))
+  try:
+    return tfds_source.load_online(arg, os.fspath(data_dir), where[2], size,
+                                   download)
+  except tfds_source.PrepareError as e:
+    raise _online_failed(name, where, e) from e
+
+
+def open_prepared(name: str, manual_dir, data_dir, download: bool,
+                  size=None) -> tfds_source.Found:
+  """The prepared builder of a dataset, for reading by index (`stream`).
+
+  Raises:
+    ValueError: the dataset is the user's .npz file or image folder, which
+      is read into memory (only prepared ArrayRecord files stream).
+    DatasetNotFoundError: as `load`.
+  """
+  where = _locate(name, manual_dir, data_dir, download, size)
+  kind, arg = where[0], where[1]
+  if kind == 'user':
+    raise ValueError(
+        f'{name}: an .npz file or an image folder is read into memory; '
+        "use data_source='memory' (--data_source=memory), or prepare it as "
+        'a TFDS ArrayRecord dataset and pass that folder.')
+  if kind == 'prepared':
+    return tfds_source.open_prepared_dir(arg, size)
+  if kind == 'local':
+    builder = prepared.prepare_local(arg, where[2], os.fspath(data_dir))
+    return tfds_source.Found(builder, tfds_source.describe(builder, name),
+                             f'local:{where[2]}')
+  try:
+    builder, meta = tfds_source.prepare_online(arg, os.fspath(data_dir),
+                                               where[2], size, download)
+  except tfds_source.PrepareError as e:
+    raise _online_failed(name, where, e) from e
+  return tfds_source.Found(builder, meta, f'tfds:{arg}')
 
 
 @functools.lru_cache(maxsize=16)
@@ -143,8 +200,8 @@ def _train_stats(raw: base.Raw) -> registry.Stats:
 
 def clear_cache() -> None:
   """Drops the in-process cache of raw splits (see `load`)."""
-  for cached in (prepared.load_local, tfds_source.load_online, _train_stats,
-                 *user.CACHED):
+  for cached in (prepared.load_local, tfds_source.load_online,
+                 tfds_source.load_prepared_dir, _train_stats, *user.CACHED):
     cached.cache_clear()
 
 
@@ -161,9 +218,16 @@ def _check_args(name, pixels: str, image_size, channels) -> None:
 def _stats(name: str, raw: base.Raw, channels) -> registry.Stats:
   """The normalisation: standard for known datasets, else computed; with
   grayscale replicated to ``channels`` = 3, replicated with it."""
+  return stats_of(name, raw.x_train.shape[-1], channels,
+                  lambda: _train_stats(raw))
+
+
+def stats_of(name: str, native: int, channels, compute) -> registry.Stats:
+  """`_stats` of a dataset with ``native`` channels; ``compute()`` gives
+  the statistics of the train split when the dataset has no standard ones.
+  """
   spec = registry.spec(name)
-  mean, std = spec.stats if spec and spec.stats else _train_stats(raw)
-  native = raw.x_train.shape[-1]
+  mean, std = spec.stats if spec and spec.stats else compute()
   if channels and channels != native:
     if not (native == 1 and channels == 3):
       raise ValueError(
@@ -193,10 +257,16 @@ def _prepare(x, pixels, image_size, channels, mean, std) -> np.ndarray:
   return _normalize_inplace(as_aligned(out), mean, std)
 
 
+def preparer(pixels: str, image_size, channels, mean, std):
+  """``x -> `_prepare`(x, ...)``: raw images to the arrays `load` holds."""
+  return functools.partial(_prepare, pixels=pixels, image_size=image_size,
+                           channels=channels, mean=mean, std=std)
+
+
 def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
          seed: int = 0, image_size=None, train_limit: int | None = None,
          download: bool = True, channels: int | None = None,
-         pixels: str = 'float32') -> Dataset:
+         pixels: str = 'float32', data_source: str = 'memory') -> Dataset:
   """Loads a dataset as normalised float32 (or raw uint8) NHWC arrays.
 
   Args:
@@ -225,6 +295,11 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
       std)` (not combinable with ``image_size`` or ``channels``). Data
       stored as floats (a user's npz of float images) comes back as
       normalised float32 either way (`decode` passes floats through).
+    data_source: 'memory' (the splits as arrays), 'stream' (the train and
+      test splits stay in the prepared ArrayRecord files and are read by
+      index, `distill_jax.data.stream`; ``x_train`` and ``x_test`` are then
+      empty and `Dataset.streams` reads them) or 'auto' (stream when the
+      prepared train split holds more than `stream.AUTO_BYTES` of pixels).
 
   Returns:
     A `Dataset`.
@@ -235,7 +310,18 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
     DatasetNotFoundError: the dataset could not be found or downloaded.
   """
   _check_args(name, pixels, image_size, channels)
+  if data_source not in DATA_SOURCES:
+    raise ValueError(f'data_source={data_source!r}: choose one of '
+                     f'{list(DATA_SOURCES)}.')
   data_dir = data_dir or _default_data_dir()
+  if data_source != 'memory':
+    from distill_jax.data import stream  # pylint: disable=g-import-not-at-top
+    found = open_prepared(name, manual_dir, data_dir, download,
+                          _size(image_size))
+    if data_source == 'stream' or stream.is_large(found):
+      return stream.load(found, name, val_size=val_size, seed=seed,
+                         image_size=image_size, train_limit=train_limit,
+                         channels=channels, pixels=pixels)
   raw = _load_raw(name, manual_dir, data_dir, download, _size(image_size))
   mean, std = _stats(name, raw, channels)
   x_train, y_train, x_val, y_val = split_validation(
@@ -244,8 +330,7 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
     rng = np.random.default_rng([seed, 1])
     keep = _stratified_choice(rng, y_train, train_limit)
     x_train, y_train = x_train[keep], y_train[keep]
-  prep = functools.partial(_prepare, pixels=pixels, image_size=image_size,
-                           channels=channels, mean=mean, std=std)
+  prep = preparer(pixels, image_size, channels, mean, std)
   return Dataset(
       name=name,
       x_train=prep(x_train),
@@ -264,8 +349,10 @@ def load(name: str, *, manual_dir=None, data_dir=None, val_size: int = 0,
 
 def load_for(cfg, data_dir: str | None = None, pixels: str = 'float32'):
   """`load` with the data fields of a run config (dataset, val_size, seed,
-  image_size, train_limit, channels; 0 = native)."""
+  image_size, train_limit, channels; 0 = native; data_source, default
+  'memory')."""
   return load(cfg.dataset, manual_dir=data_dir, val_size=cfg.val_size,
               seed=cfg.seed, image_size=cfg.image_size or None,
               train_limit=getattr(cfg, 'train_limit', 0) or None,
-              channels=getattr(cfg, 'channels', 0) or None, pixels=pixels)
+              channels=getattr(cfg, 'channels', 0) or None, pixels=pixels,
+              data_source=getattr(cfg, 'data_source', 'memory'))

@@ -49,7 +49,17 @@ def _read_stamp(path: str):
 
 @functools.lru_cache(maxsize=16)
 def load_local(name: str, directory: str, data_dir: str) -> base.Raw:
-  """Prepares (once per source) and reads a local dataset.
+  """Prepares (once per source, `prepare_local`) and reads a local dataset.
+
+  Returns:
+    The uint8 train and test splits.
+  """
+  return tfds_source.read_builder(prepare_local(name, directory, data_dir),
+                                  f'local:{directory}')
+
+
+def prepare_local(name: str, directory: str, data_dir: str):
+  """Prepares a local dataset's ArrayRecord files (once per source).
 
   The prepared folder records the size and sha256 of the files it was made
   from (``SOURCE_STAMP``); a prepared folder made from other files (another
@@ -63,7 +73,7 @@ def load_local(name: str, directory: str, data_dir: str) -> base.Raw:
     data_dir: where the prepared files go.
 
   Returns:
-    The uint8 train and test splits.
+    The prepared builder (read it with ``builder.as_data_source``).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
@@ -95,4 +105,4 @@ def load_local(name: str, directory: str, data_dir: str) -> base.Raw:
       with open(tmp, 'w') as f:
         json.dump({'source': directory, 'files': want}, f, indent=1)
       os.replace(tmp, stamp)
-  return tfds_source.read_builder(builder, f'local:{directory}')
+  return builder

@@ -28,6 +28,8 @@ import os
 import re
 
 ENV_DATA_DIR = 'DISTILL_JAX_DATA_DIR'
+# Where a run reads its data from (`datasets.load`'s ``data_source``).
+DATA_SOURCES = ('memory', 'stream', 'auto')
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]

@@ -63,13 +63,29 @@ def split_validation(x, y, val_size: int, seed: int):
     and are disjoint.
   """
   y = np.asarray(y)
+  train_idx, val_idx = validation_indices(y, val_size, seed)
+  return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
+def validation_indices(y, val_size: int, seed: int):
+  """The indices `split_validation` keeps for training and holds out.
+
+  Args:
+    y: labels (N,).
+    val_size: number of validation examples (0 for none).
+    seed: random seed.
+
+  Returns:
+    ``(train_idx, val_idx)``: int64, sorted, disjoint, covering 0..N-1.
+  """
+  y = np.asarray(y)
   if not 0 <= val_size <= len(y):
     raise ValueError(f'val_size={val_size} must be in [0, {len(y)}].')
   rng = np.random.default_rng(seed)
   val_idx = _stratified_choice(rng, y, val_size)
   mask = np.ones(len(y), bool)
   mask[val_idx] = False
-  return x[mask], y[mask], x[val_idx], y[val_idx]
+  return np.flatnonzero(mask), val_idx.astype(np.int64)
 
 
 def stratified_subset(x, y, n: int, seed: int):
@@ -104,10 +120,18 @@ def holdout_test(x, y, fraction: float = TEST_FRACTION,
     order.
   """
   y = np.asarray(y)
+  test = holdout_mask(y, fraction, seed)
+  return x[~test], y[~test], x[test], y[test]
+
+
+def holdout_mask(y, fraction: float = TEST_FRACTION,
+                 seed: int = TEST_SEED) -> np.ndarray:
+  """The boolean (N,) mask of the examples `holdout_test` holds out."""
+  y = np.asarray(y)
   rng = np.random.default_rng(seed)
   test = np.zeros(len(y), bool)
   for c in np.unique(y):
     idx = np.flatnonzero(y == c)
     k = int(fraction * len(idx) + 1e-9)  # floor, robust to 0.2 * 15.
     test[rng.choice(idx, k, replace=False)] = True
-  return x[~test], y[~test], x[test], y[test]
+  return test

@@ -25,6 +25,7 @@ builder's features; no TensorFlow, no network).
 import dataclasses
 import functools
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,13 @@ class Meta:
   @property
   def varying_size(self) -> bool:
     return None in self.image_shape[:2]
+
+
+class Found(NamedTuple):
+  """A prepared builder, its `Meta` and the `Dataset.source` to record."""
+  builder: object
+  meta: Meta
+  source: str
 
 
 def describe(builder, name: str = '') -> Meta:
@@ -204,6 +212,25 @@ def load_online(name: str, data_dir: str, manual_dir: str | None = None,
     PrepareError: preparing or reading failed (offline, no TensorFlow,
       missing manual files, ...); one line.
   """
+  builder, meta = prepare_online(name, data_dir, manual_dir, size, download)
+  try:
+    return read_builder(builder, f'tfds:{name}', meta,
+                        size if meta.varying_size else None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _prepare_error(e) from e
+
+
+def prepare_online(name: str, data_dir: str, manual_dir: str | None = None,
+                   size: tuple[int, int] | None = None,
+                   download: bool = True):
+  """Prepares (once) the TFDS builder ``name``; nothing is read.
+
+  Returns:
+    ``(builder, meta)``.
+
+  Raises:
+    ValueError, PrepareError: as `load_online`.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder, meta = open_builder(name, data_dir, size)
   try:
@@ -212,14 +239,64 @@ def load_online(name: str, data_dir: str, manual_dir: str | None = None,
                                    DownloadConfig(manual_dir=manual_dir))
     elif not builder.is_prepared():
       raise PrepareError(f'not prepared in {data_dir} and download=False')
-    return read_builder(builder, f'tfds:{name}', meta,
-                        size if meta.varying_size else None)
+    return builder, meta
   except PrepareError:
     raise
-  except ImportError as e:
-    raise PrepareError(f'{base.one_line(e)[:200]} (preparing the standard '
-                       'TFDS builders needs: pip install tensorflow-cpu)'
-                       ) from e
   except Exception as e:  # pylint: disable=broad-except
-    raise PrepareError(f'{type(e).__name__}: {base.one_line(e)[:300]}'
-                       ) from e
+    raise _prepare_error(e) from e
+
+
+def _prepare_error(e: Exception) -> PrepareError:
+  """One line for a failure to prepare or read a builder."""
+  if isinstance(e, ImportError):
+    return PrepareError(f'{base.one_line(e)[:200]} (preparing the standard '
+                        'TFDS builders needs: pip install tensorflow-cpu)')
+  return PrepareError(f'{type(e).__name__}: {base.one_line(e)[:300]}')
+
+
+def is_prepared_dir(path: str) -> bool:
+  """Whether ``path`` is a prepared TFDS dataset folder (it holds
+  ``dataset_info.json``, e.g. ``<data_dir>/my_set/1.0.0``)."""
+  return os.path.isfile(os.path.join(os.path.expanduser(path),
+                                     'dataset_info.json'))
+
+
+def open_prepared_dir(path: str, size=None) -> Found:
+  """The builder of a prepared TFDS folder (`is_prepared_dir`), checked.
+
+  Raises:
+    DataFileError: its ``dataset_info.json`` cannot be read, or it is not
+      an image-classification dataset with uint8 images (one line).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder_from_directory(path)
+    meta = describe(builder, path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise base.DataFileError(
+        f'{path}: not a readable prepared TFDS dataset '
+        f'({type(e).__name__}: {base.one_line(e)[:200]}); prepare it again '
+        '(builder.download_and_prepare, file_format="array_record").'
+    ) from e
+  if meta.dtype != np.uint8 or (meta.varying_size and size is None):
+    raise base.DataFileError(
+        f'{path}: images {meta.dtype}{list(meta.image_shape)}; only uint8 '
+        'images are supported, and images of varying size need '
+        'image_size=N (--image_size=N).')
+  return Found(builder, meta, f'prepared:{path}')
+
+
+@functools.lru_cache(maxsize=4)
+def load_prepared_dir(path: str, size=None) -> base.Raw:
+  """Reads the train and test splits of a prepared TFDS folder."""
+  found = open_prepared_dir(path, size)
+  try:
+    return read_builder(found.builder, found.source, found.meta,
+                        size if found.meta.varying_size else None)
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise base.DataFileError(
+        f'{path}: reading the prepared files failed ({type(e).__name__}: '
+        f'{base.one_line(e)[:200]}); they are missing or damaged: prepare '
+        'the dataset again.') from e

@@ -21,9 +21,12 @@ def chunks(tree, size: int):
     yield jax.tree.map(lambda a: a[start:start + size], tree)
 
 
-@xla_options.lazy_jit(static_argnames=("apply_fn", "batch", "norm"))
-def _accuracy_batched(apply_fn, params_batch, x, y, batch: int, norm=None):
-  """Accuracy of each network in `params_batch` on (x, y)."""
+@xla_options.lazy_jit(static_argnames=("apply_fn", "batch", "norm",
+                                       "counts"))
+def _accuracy_batched(apply_fn, params_batch, x, y, batch: int, norm=None,
+                      counts: bool = False):
+  """Accuracy (or, with `counts`, correct predictions) of each network in
+  `params_batch` on (x, y)."""
   if norm is not None:  # uint8 pixels, normalised one batch at a time.
     apply_fn = functools.partial(_apply_decoded, apply_fn, norm)
   n = x.shape[0] // batch * batch
@@ -38,7 +41,7 @@ def _accuracy_batched(apply_fn, params_batch, x, y, batch: int, norm=None):
     if n < x.shape[0]:
       rest = apply_fn(params, x[n:])
       correct += jnp.sum(jnp.argmax(rest, -1) == y[n:])
-    return correct / x.shape[0]
+    return correct if counts else correct / x.shape[0]
 
   # One network after another: a vmap over networks multiplies the
   # activation memory by their number (10 ConvNet-3 w128 on 200 images:
@@ -66,17 +69,58 @@ def accuracy(apply_fn, params_batch, x, y, *, batch: int = 500,
   Returns:
     numpy array of accuracies in [0, 1], one per network.
   """
-  if x.dtype == np.uint8:
-    if norm is None:
-      raise ValueError("x holds uint8 pixels: pass norm=(mean, std) (the "
-                       "dataset's statistics) to normalise them.")
-    norm = tuple(tuple(float(v) for v in a) for a in norm)
-  else:
-    norm = None
+  norm = _norm_for(x, norm)
   batch = min(batch, x.shape[0])
   out = [np.asarray(_accuracy_batched(apply_fn, p, x, y, batch, norm))
          for p in chunks(params_batch, chunk)]
   return np.concatenate(out)
+
+
+def _norm_for(x, norm):
+  if x.dtype == np.uint8:
+    if norm is None:
+      raise ValueError("x holds uint8 pixels: pass norm=(mean, std) (the "
+                       "dataset's statistics) to normalise them.")
+    return tuple(tuple(float(v) for v in a) for a in norm)
+  return None
+
+
+def accuracy_on(apply_fn, params_batch, split, *, batch: int = 500,
+                chunk: int = 10, norm=None) -> np.ndarray:
+  """`accuracy` on a split: ``(x, y)``, `sources.InMemory` or streamed.
+
+  A split in memory is evaluated by `accuracy` (the same numbers as
+  before); a streamed one (`distill_jax.data.stream`) is read
+  ``READ_BATCHES`` forward passes at a time and the correct predictions are
+  summed (over hosts too), so the result equals `accuracy` on the whole
+  split while only one read is in memory.
+  """
+  from distill_jax.data import sources  # pylint: disable=g-import-not-at-top
+  if not sources.is_streamed(split):
+    x, y = split if isinstance(split, tuple) else (split.x, split.labels)
+    return accuracy(apply_fn, params_batch, x, y, batch=batch, chunk=chunk,
+                    norm=norm)
+  n = len(split)
+  batch = max(1, min(batch, n))
+  correct = 0
+  for x, y in split.batches(batch * max(1, READ_EXAMPLES // batch)):
+    b = min(batch, len(y))
+    correct += np.concatenate([np.asarray(_accuracy_batched(
+        apply_fn, p, x, y, b, _norm_for(x, norm), counts=True))
+                               for p in chunks(params_batch, chunk)])
+  correct = _sum_over_hosts(np.asarray(correct, np.int64))
+  # As XLA computes `correct / n` in `_accuracy_batched`: times 1/n.
+  return correct.astype(np.float32) * (np.float32(1) / np.float32(n))
+
+
+READ_EXAMPLES = 4000  # examples per read of a streamed split.
+
+
+def _sum_over_hosts(x: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x)).sum(0)
 
 
 def summary(acc: np.ndarray) -> dict:

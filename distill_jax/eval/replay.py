@@ -60,9 +60,13 @@ def replay_accuracy(apply_fn, params0_batch, learned, labels, x, y, *,
                     epochs: int, batch: int = 500,
                     problem: meta.Problem | None = None,
                     key=None, chunk: int = 50) -> np.ndarray:
-  """Replay evaluation: accuracy on (x, y) after the learned steps."""
+  """Replay evaluation: accuracy on (x, y) after the learned steps; ``x``
+  may instead be a streamed split (`data.stream.StreamSplit`, ``y`` None).
+  """
   params = replay(apply_fn, params0_batch, learned, labels, epochs=epochs,
                   problem=problem, key=key, chunk=chunk)
+  if y is None:
+    return accuracy_lib.accuracy_on(apply_fn, params, x, batch=batch)
   return accuracy_lib.accuracy(apply_fn, params, x, y, batch=batch)
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.core import schedule as schedule_lib
+from distill_jax.data import sources
 
 
 inverse_softplus = schedule_lib.inverse_softplus
@@ -52,7 +53,8 @@ def real_images(key: jax.Array, labels, x_train, y_train) -> jax.Array:
   Args:
     key: PRNG key.
     labels: (S, n) integer classes of the distilled images.
-    x_train: (N, H, W, C) normalised training images.
+    x_train: (N, H, W, C) normalised training images, or a streamed
+      split (`data.stream.StreamSplit`) to read them from.
     y_train: (N,) their classes.
 
   Returns:
@@ -72,7 +74,8 @@ def real_images(key: jax.Array, labels, x_train, y_train) -> jax.Array:
     key, sub = jax.random.split(key)
     out[slots] = pool[np.asarray(jax.random.permutation(sub, len(pool)))[
         :len(slots)]]
-  x = np.asarray(x_train)[out]
+  x = (x_train.take(out) if sources.is_streamed(x_train) else
+       np.asarray(x_train)[out])
   return jnp.asarray(x.reshape(*labels.shape, *x.shape[1:]), jnp.float32)
 
 

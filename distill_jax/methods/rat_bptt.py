@@ -46,6 +46,7 @@ from distill_jax.core import outer
 from distill_jax.core import schedule as schedule_lib
 from distill_jax.core import truncation
 from distill_jax.data import augment
+from distill_jax.data import sources
 from distill_jax.data import zca as zca_lib
 from distill_jax.methods import dd_data as distilled
 from distill_jax.nn import models
@@ -125,6 +126,10 @@ class RatConfig:
   # faster choice on XLA:CPU) or side by side ("vmap": GPU/TPU presets).
   eval_parallel: str = "map"
   # Run control.
+  # Where real batches come from: "memory" (arrays), "stream" (read by
+  # index from the prepared ArrayRecord files, `data.stream`) or "auto"
+  # (stream large train splits); the same batches either way.
+  data_source: str = "memory"
   seed: int = 0
   log_every: int = 10
   checkpoint_every: int = 100
@@ -150,6 +155,12 @@ class RatConfig:
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r} is not supported; "
                          f"choose one of {list(allowed)}.")
+    if self.data_source not in data.DATA_SOURCES:
+      raise ValueError(f"data_source={self.data_source!r} is not supported; "
+                       f"choose one of {list(data.DATA_SOURCES)}.")
+    if self.zca and self.data_source == "stream":
+      raise ValueError("zca=True fits the whitening on the whole train split"
+                       " in memory; use data_source='memory' with it.")
     if self.boost_mode not in BOOST_MODES:
       raise ValueError(f"boost_mode={self.boost_mode!r} is not supported; "
                        f"choose one of {list(BOOST_MODES)}.")
@@ -225,6 +236,15 @@ class Prepared(NamedTuple):
     """One of the splits as normalised float32 (host baselines)."""
     return x if self.norm is None else data.decode(x, *self.norm)
 
+  def split(self, name: str) -> sources.Split:
+    """Split "train", "val" or "test": streamed (`data.stream`), or its
+    arrays here, on the device (`sources.InMemory`)."""
+    if self.ds.streams and name in self.ds.streams:
+      return self.ds.streams[name]
+    x = {"train": self.x_train, "val": self.x_val, "test": self.x_test}[name]
+    return sources.InMemory(jax.device_put(x),
+                            jnp.asarray(getattr(self.ds, f"y_{name}")))
+
 
 def prepare(cfg: RatConfig, ds: data.Dataset | None = None,
             data_dir: str | None = None) -> Prepared:
@@ -243,6 +263,10 @@ def prepare(cfg: RatConfig, ds: data.Dataset | None = None,
     raise ValueError(f"task_sampler_nc={cfg.task_sampler_nc} exceeds the "
                      f"{ds.num_classes} classes of {ds.name}.")
   norm = (tuple(ds.mean), tuple(ds.std))
+  if cfg.zca and ds.streams:
+    raise ValueError(f"{ds.name}: the train split is streamed (data_source="
+                     f"{cfg.data_source!r}) and zca=True needs it in memory; "
+                     "use data_source='memory' or zca=False.")
   if not cfg.zca:
     return Prepared(ds, ds.x_train, ds.x_val, ds.x_test, None,
                     norm if ds.pixels == "uint8" else None)

@@ -63,8 +63,9 @@ def evaluate_set(cfg: rat_bptt.RatConfig, model: models.Model, eval_train,
     sup: the distilled set to train on.
     learned: learned pytree (only its "raw_lr" is used, if any).
     nets: number of fresh networks.
-    val: (x, y) validation split.
-    test: (x, y) test split, or None.
+    val: (x, y) validation split (or a `data.sources.Split`).
+    test: (x, y) test split, a `data.sources.Split` (in memory or
+      streamed), or None.
     norm: (mean, std) when the splits hold uint8 pixels (`Prepared.norm`).
 
   Returns:
@@ -77,15 +78,15 @@ def evaluate_set(cfg: rat_bptt.RatConfig, model: models.Model, eval_train,
   jax.block_until_ready(params)
   xla_options.release_host_memory()  # its compiler's memory, if it compiled.
   val_acc = np.stack([
-      accuracy_lib.accuracy(model.apply,
-                            jax.tree.map(lambda a, i=i: a[i], params),
-                        val[0], val[1], batch=cfg.eval_batch, norm=norm)
+      accuracy_lib.accuracy_on(model.apply,
+                               jax.tree.map(lambda a, i=i: a[i], params),
+                               val, batch=cfg.eval_batch, norm=norm)
       for i in range(len(cfg.eval_budgets))])
   best = int(np.argmax(val_acc.mean(1)))
   out = {"val": val_acc, "budget": cfg.eval_budgets[best]}
   if test is not None:
-    out["test"] = accuracy_lib.accuracy(
-        model.apply, jax.tree.map(lambda a: a[best], params), test[0], test[1],
+    out["test"] = accuracy_lib.accuracy_on(
+        model.apply, jax.tree.map(lambda a: a[best], params), test,
         batch=cfg.eval_batch, norm=norm)
   return out
 
@@ -99,8 +100,7 @@ def final_eval(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
   res = evaluate_set(cfg, model, make_eval_train(cfg, model), key, sup,
                      learned, cfg.eval_nets,
                      (jax.device_put(prep.x_val), jnp.asarray(ds.y_val)),
-                     (jax.device_put(prep.x_test), jnp.asarray(ds.y_test)),
-                     norm=prep.norm)
+                     prep.split("test"), norm=prep.norm)
   return {
       "test_acc": accuracy_lib.summary(res["test"]),
       "selected_budget": res["budget"],

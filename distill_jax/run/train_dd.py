@@ -26,6 +26,7 @@ import numpy as np
 from distill_jax import config as config_lib
 from distill_jax import data
 from distill_jax import distilled_set
+from distill_jax.data import sources
 from distill_jax.data import zca as zca_lib
 from distill_jax.eval import accuracy as accuracy_lib
 from distill_jax.eval import replay as evaluate
@@ -45,7 +46,7 @@ from distill_jax.run import viz
 _RUN_CONTROL = ("log_every", "checkpoint_every", "time_budget_s", "eval_every",
                 "eval_inits", "val_inits", "eval_batch", "outer_steps",
                 "outer_epochs", "real_chunk", "remat", "init_group",
-                "select_on_val")
+                "select_on_val", "data_source")
 
 
 def init_source(cfg: config_lib.DistillConfig, model: models.Model,
@@ -124,9 +125,12 @@ def _run_locked(cfg: config_lib.DistillConfig, workdir: str, *,
       k_distilled, steps=cfg.steps, epochs=cfg.epochs,
       num_classes=ds.num_classes, per_class=cfg.images_per_class_per_step,
       image_shape=ds.image_shape, lr_init=cfg.lr_init)
+  train = (sources.of(ds, "train") if ds.streams else sources.InMemory(
+      jax.device_put(ds.x_train), jnp.asarray(ds.y_train)))
   if cfg.image_init == "real":
-    learned["x"] = distilled.real_images(k_distilled, labels, ds.x_train,
-                                         ds.y_train)
+    learned["x"] = distilled.real_images(
+        k_distilled, labels, ds.streams["train"] if ds.streams else
+        ds.x_train, ds.y_train)
   n_train = len(ds.y_train)
   steps_per_epoch = max(1, n_train // cfg.real_batch)
   total = cfg.outer_steps or max(1, round(cfg.outer_epochs * steps_per_epoch))
@@ -136,8 +140,6 @@ def _run_locked(cfg: config_lib.DistillConfig, workdir: str, *,
   state = dd.init_state(learned, tx)
   outer_step = dd.make_step(cfg, model.apply, model.init, tx)
 
-  x_train = jax.device_put(ds.x_train)
-  y_train = jnp.asarray(ds.y_train)
   x_val, y_val = jax.device_put(ds.x_val), jnp.asarray(ds.y_val)
   val_params0 = inits.heldout(cfg.init_mode, source, model.init, k_val,
                               cfg.val_inits)
@@ -157,7 +159,7 @@ def _run_locked(cfg: config_lib.DistillConfig, workdir: str, *,
       select=cfg.select_on_val, time_budget_s=cfg.time_budget_s)
   out = loop_lib.outer_loop(
       workdir, state, outer_step,
-      lambda idx: (labels, x_train, y_train, idx, k_steps, source),
+      lambda idx: (labels, *train.step_arrays(idx), k_steps, source),
       n_train=n_train, loop=loop, advice=guard_lib.advice(cfg.outer_lr),
       evaluate=evaluate_candidate if len(ds.y_val) else None,
       resume=resume, show_progress=show_progress, stop_at=stop_at)
@@ -173,6 +175,9 @@ def _run_locked(cfg: config_lib.DistillConfig, workdir: str, *,
 
 
 def whiten(ds: data.Dataset, reg: float):
+  if ds.streams:
+    raise ValueError(f"{ds.name}: the train split is streamed and zca=True "
+                     "needs it in memory; use data_source='memory'.")
   """`ds` with every split ZCA-whitened by a transform fitted on train."""
   z = zca_lib.fit(ds.x_train, reg)
   return dataclasses.replace(
@@ -201,7 +206,8 @@ def finalize(cfg, workdir, ds, model, learned, labels, source, key, *,
       evaluate.replay_accuracy, model.apply, params0, learned, labels,
       epochs=cfg.epochs, batch=cfg.eval_batch,
       problem=replay_problem(cfg, model), key=jax.random.fold_in(key, 1))
-  test_acc = replay(jax.device_put(ds.x_test), jnp.asarray(ds.y_test))
+  test_acc = replay(*((ds.streams["test"], None) if ds.streams else (
+      jax.device_put(ds.x_test), jnp.asarray(ds.y_test))))
   val_acc = (replay(jax.device_put(ds.x_val), jnp.asarray(ds.y_val))
              if len(ds.y_val) else None)
   eval_time = time.time() - t

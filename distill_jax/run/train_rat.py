@@ -33,7 +33,7 @@ _support = jax.jit(rat_bptt.support)  # one program, not eager operations.
 # extended, or finished at an earlier checkpoint (no schedule depends on it).
 _RUN_CONTROL = ("init_group", "log_every", "checkpoint_every",
                 "time_budget_s", "eval_nets", "val_nets", "eval_batch",
-                "eval_every", "real_chunk", "outer_steps")
+                "eval_every", "real_chunk", "outer_steps", "data_source")
 
 
 def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
@@ -78,7 +78,7 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
       cfg, model, tx, None if x_scale is None else jnp.asarray(x_scale),
       norm=prep.norm)
   eval_train = rat_eval.make_eval_train(cfg, model)
-  x_train, y_train = jax.device_put(prep.x_train), jnp.asarray(ds.y_train)
+  train = prep.split("train")  # in memory or streamed (`data.sources`).
   val = (jax.device_put(prep.x_val), jnp.asarray(ds.y_val))
 
   def evaluate_candidate(learned):
@@ -95,7 +95,7 @@ def distill(cfg: rat_bptt.RatConfig, prep: rat_bptt.Prepared,
       time_budget_s=cfg.time_budget_s)
   out = loop_lib.outer_loop(
       workdir, state, outer_step,
-      lambda idx: (fixed, x_train, y_train, idx, k_steps),
+      lambda idx: (fixed, *train.step_arrays(idx), k_steps),
       n_train=len(ds.y_train), loop=loop,
       advice=guard_lib.advice(cfg.outer_lr, cfg.clip_coef),
       evaluate=evaluate_candidate, resume=resume,
