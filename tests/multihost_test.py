@@ -11,7 +11,10 @@ checkpointed on 8 devices resumes on 1 and one checkpointed on 1 resumes
 on 8, each ending where the uninterrupted 1-device run ends (float
 tolerance: the sharded run sums the initialisations' meta-gradients in
 another order); the restored state is the stored one bit for bit. Every
-run is a subprocess (device counts are fixed before JAX starts).
+run is a subprocess (device counts are fixed before JAX starts). With
+`data_source="stream"` each of the 2 processes reads only its half of every
+real batch from the prepared ArrayRecord files, and the run equals one
+process holding the dataset in memory.
 """
 
 import json
@@ -213,3 +216,68 @@ def test_initialize_arguments():
   with pytest.raises(ValueError, match="num_processes=0"):
     distributed.initialize("localhost:1", 0, 0)
   assert distributed.is_writer()
+
+
+STREAM = textwrap.dedent("""
+    import json, sys
+    nproc, pid, port, workdir, raw, source = sys.argv[1:7]
+    nproc, pid = int(nproc), int(pid)
+    from distill_jax.platform import distributed
+    distributed.initialize(f"localhost:{port}" if nproc > 1 else None,
+                           nproc, pid)
+    from distill_jax.run import train_dd
+    from tests import test_utils
+    cfg = test_utils.tiny_config(
+        dataset="mnist", num_inits=8, outer_steps=3, checkpoint_every=0,
+        image_init="real", val_size=10, real_batch=16, data_source=source)
+    report = train_dd.run(cfg, workdir, data_dir=raw, show_progress=False)
+    if source == "stream":  # This host's part of every batch.
+      from distill_jax import data
+      ds = data.load("mnist", manual_dir=raw, data_source="stream",
+                     val_size=10)
+      shard = ds.streams["train"].shard
+      assert (shard.shard_index, shard.shard_count) == (pid, 2), shard
+      assert len(ds.x_train) == 0  # Never read whole.
+    print("REPORT", json.dumps(report["test_acc"]), flush=True)
+""")
+
+
+def test_two_processes_stream_their_shards(tmp_path):
+  """Each of 2 processes reads only its half of every real batch from the
+  prepared ArrayRecord files; the run equals one process reading the whole
+  dataset into memory."""
+  from distill_jax import data  # pylint: disable=g-import-not-at-top
+  from tests import test_utils  # pylint: disable=g-import-not-at-top
+  raw = test_utils.write_fake_datasets(str(tmp_path / "raw"), n_train=120,
+                                       n_test=40)
+  env = dict(_env(4), TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  env.pop(data.ENV_DATA_DIR, None)
+  prep = subprocess.run(  # Prepared once, before the processes read it.
+      [sys.executable, "-c", "from distill_jax import data; data.load("
+       f"'mnist', manual_dir={raw!r}, data_source='stream')"], cwd=tmp_path,
+      env=env, capture_output=True, text=True, timeout=240, check=False)
+  assert prep.returncode == 0, prep.stderr[-3000:]
+  port = str(_free_port())
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", STREAM, "2", str(i), port, str(tmp_path / f"s{i}"),
+       raw, "stream"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  for p in procs:
+    try:
+      _, err = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    assert p.returncode == 0, err[-3000:]
+  one = subprocess.run([sys.executable, "-c", STREAM, "1", "0", "0",
+                        str(tmp_path / "mem"), raw, "memory"], cwd=tmp_path,
+                       env=dict(env, XLA_FLAGS=_env(8)["XLA_FLAGS"]),
+                       capture_output=True, text=True, timeout=240,
+                       check=False)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert _files(tmp_path / "s1") == []
+  a, b = _images(tmp_path / "s0"), _images(tmp_path / "mem")
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], err_msg=k, **TOL)
+  assert not np.allclose(a["images"], 0)
