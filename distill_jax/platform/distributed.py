@@ -24,15 +24,17 @@ What each process does. Every process computes every step (SPMD: one
 program over the global mesh); only process 0 (`is_writer`) writes files:
 config.json, metrics, checkpoints, the workdir lock, the distilled set,
 figures and reports (`run.storage.atomic_write`, `run.loop`, `run.lock`,
-`run.viz` check `is_writer`). The data: every host loads the whole
-dataset, which for these methods is small (at most CIFAR-10/100), and the
-per-step real batches are gathered on the devices from it. What is
-sharded across the hosts' devices is the work: the sampled
-initialisations on the mesh's "inits" axis (DD, RaT-BPTT, Boost-DD; every
-initialisation sees the same real batch) and the batch on the "data" axis
-(decoupled methods' recover and student steps). A pipeline that streams
-its own examples builds the global batch from each host's rows with
-`local_rows` and `global_batch`.
+`run.viz` check `is_writer`). The data: in memory (the default), every
+host loads the whole dataset, which for these methods is small, and the
+per-step real batches are gathered on the devices from it; with
+`data_source="stream"` (DD, RaT-BPTT) each host reads only its part of
+every real batch from the prepared ArrayRecord files (`data.stream`,
+grain's `ShardByJaxProcess`) and the global batch is assembled from the
+hosts' parts. What is sharded across the hosts' devices is the work: the
+sampled initialisations on the mesh's "inits" axis (DD, RaT-BPTT,
+Boost-DD; every initialisation sees the same real batch) and the batch on
+the "data" axis (decoupled methods' recover, relabel and student steps).
+`local_rows` and `global_batch` build a global batch from each host's rows.
 
 Only process 0 reads the workdir's state: on --resume it reads the newest
 checkpoint and sends it to the others (`run.checkpoint.restore_latest`),
