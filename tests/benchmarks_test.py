@@ -16,7 +16,8 @@ def _run(script, *args):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
       capture_output=True, text=True, check=False, cwd=ROOT,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+      env={**os.environ, "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"})
 
 
 class BenchmarkDriverTest(absltest.TestCase):

@@ -121,6 +121,7 @@ def test_eight_devices_match_one(tmp_path):
   results = {}
   for n in (1, 8):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+               JAX_DISABLE_MOST_OPTIMIZATIONS="true",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(n)],
                           cwd=tmp_path, env=env, capture_output=True,
