@@ -23,6 +23,15 @@ def one_line(text: str) -> str:
   return ' '.join(str(text).split())
 
 
+def damaged_prepared(where: str, what: str, error: Exception) -> DataFileError:
+  """The one-line error for prepared ArrayRecord files that cannot be read:
+  ``what`` failed at ``where``, with the cause and the fix."""
+  return DataFileError(
+      f'{where}: {what} failed ({type(error).__name__}: '
+      f'{one_line(error)[:200]}); the prepared ArrayRecord files are '
+      'missing or damaged: delete the prepared folder to prepare it again.')
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
   """A classification dataset as NHWC numpy arrays.

@@ -116,11 +116,8 @@ def read_records(source, ids, meta: tfds_source.Meta, size=None,
   except MemoryError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise base.DataFileError(
-        f'{where or "the prepared dataset"}: reading records failed '
-        f'({type(e).__name__}: {base.one_line(e)[:200]}); the prepared '
-        'ArrayRecord files are missing or damaged: delete the prepared '
-        'folder to prepare it again.') from e
+    raise base.damaged_prepared(where or 'the prepared dataset',
+                                'reading records', e) from e
   images = [im[..., None] if im.ndim == 2 else im for im in images]
   if size is not None:
     images = [readers.fit_image(im, size) for im in images]
@@ -273,11 +270,8 @@ def _splits(found: tfds_source.Found, size, where: str, stats: bool):
     try:
       src = builder.as_data_source(split)
     except Exception as e:  # pylint: disable=broad-except
-      raise base.DataFileError(
-          f'{where}: opening the prepared {split} split failed '
-          f'({type(e).__name__}: {base.one_line(e)[:200]}); its ArrayRecord '
-          'files are missing or damaged: delete the prepared folder to '
-          'prepare it again.') from e
+      raise base.damaged_prepared(
+          where, f'opening the prepared {split} split', e) from e
     ids = np.arange(len(src)) if ids is None else ids
     return Records(src, ids, meta, size, f'{where} ({split})')
   train = records('train')

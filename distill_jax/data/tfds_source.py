@@ -296,7 +296,4 @@ def load_prepared_dir(path: str, size=None) -> base.Raw:
   except MemoryError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise base.DataFileError(
-        f'{path}: reading the prepared files failed ({type(e).__name__}: '
-        f'{base.one_line(e)[:200]}); they are missing or damaged: prepare '
-        'the dataset again.') from e
+    raise base.damaged_prepared(path, 'reading the prepared files', e) from e

@@ -59,8 +59,7 @@ def save_step_grids(directory: str, x: np.ndarray, labels: np.ndarray,
     fig.suptitle(f"step {s}: lr " + ", ".join(f"{v:.4f}" for v in step_lrs),
                  fontsize=8)
     path = os.path.join(directory, f"step_{s:02d}.png")
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=80)
     paths.append(path)
   return paths
 
@@ -83,11 +82,7 @@ def line_plot(path: str, series: dict, xlabel: str, ylabel: str,
     ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"  # written whole, then renamed (atomic)
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
+  _save(fig, path)
 
 
 def bar_plot(path: str, groups: dict, series: tuple[str, ...],
@@ -114,8 +109,14 @@ def bar_plot(path: str, groups: dict, series: tuple[str, ...],
     ax.set_title(title)
   ax.grid(alpha=0.3, axis="y")
   ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def _save(fig, path: str, dpi: int = 110) -> None:
+  """Writes `fig` whole to a temporary file, then renames it (atomic)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"  # written whole, then renamed (atomic)
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
   plt.close(fig)
   os.replace(tmp, path)
