@@ -204,6 +204,44 @@ class _NoObserver:
     pass
 
 
+def _start(workdir: str, state, total: int, mngr, metrics_path: str,
+           resume: bool):
+  """(checkpoint tree, first step, elapsed seconds) of a fresh or resumed
+  run; a fresh one starts a new metrics.jsonl."""
+  writer = distributed.is_writer()
+  if writer:
+    os.makedirs(workdir, exist_ok=True)
+  ckpt = {"state": state, "best": _host(state.learned),
+          "best_val": np.float64(-1), "best_step": np.int32(0)}
+  start, elapsed = 0, 0.0
+  if resume:
+    check_resume_steps(workdir, total)
+    restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
+    start = int(restored or 0)
+    if writer:  # the others' clocks do not decide anything (`agree`).
+      elapsed = truncate_metrics(metrics_path, start)
+  elif writer and os.path.exists(metrics_path):
+    os.remove(metrics_path)
+  return ckpt, start, elapsed
+
+
+def _due(step: int, loop: LoopConfig, t0: float, has_eval: bool,
+         stop_at: int | None) -> tuple[bool, bool, bool, bool, bool]:
+  """What step `step` does: (last, evaluate, log, interrupted, checkpoint).
+  The time budget is process 0's clock, agreed by every process."""
+  last = step == loop.total or bool(
+      loop.time_budget_s and distributed.agree(
+          time.time() - t0 > loop.time_budget_s))
+  is_eval = has_eval and (
+      (last and loop.eval_last) or
+      bool(loop.eval_every and step % loop.eval_every == 0))
+  is_log = step % loop.log_every == 0 or is_eval or last
+  interrupted = stop_at is not None and step >= stop_at and not last
+  is_ckpt = bool(interrupted or last or (
+      loop.checkpoint_every and step % loop.checkpoint_every == 0))
+  return last, is_eval, is_log, interrupted, is_ckpt
+
+
 def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
                *, n_train: int,
                loop: LoopConfig, advice: str,
@@ -236,21 +274,10 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
     guard.DivergedError: the state turned non-finite.
   """
   writer = distributed.is_writer()
-  if writer:
-    os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint.manager(workdir)
-  ckpt = {"state": state, "best": _host(state.learned),
-          "best_val": np.float64(-1), "best_step": np.int32(0)}
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  start, elapsed = 0, 0.0
-  if resume:
-    check_resume_steps(workdir, loop.total)
-    restored, ckpt = checkpoint.restore_latest(mngr, ckpt)
-    start = int(restored or 0)
-    if writer:  # the others' clocks do not decide anything (`agree`).
-      elapsed = truncate_metrics(metrics_path, start)
-  elif writer and os.path.exists(metrics_path):
-    os.remove(metrics_path)
+  ckpt, start, elapsed = _start(workdir, state, loop.total, mngr,
+                                metrics_path, resume)
   state = ckpt["state"]
   bar = progress_lib.Progress(loop.total, start,
                               enabled=show_progress and writer,
@@ -272,16 +299,8 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
       state, m = step_fn(state, *step_args(batch(step)))
       step += 1
       obs.after_step(step, state)
-      last = step == loop.total or bool(
-          loop.time_budget_s and distributed.agree(
-              time.time() - t0 > loop.time_budget_s))
-      is_eval = evaluate is not None and (
-          (last and loop.eval_last) or
-          bool(loop.eval_every and step % loop.eval_every == 0))
-      is_log = step % loop.log_every == 0 or is_eval or last
-      interrupted = stop_at is not None and step >= stop_at and not last
-      is_ckpt = bool(interrupted or last or (
-          loop.checkpoint_every and step % loop.checkpoint_every == 0))
+      last, is_eval, is_log, interrupted, is_ckpt = _due(
+          step, loop, t0, evaluate is not None, stop_at)
       if not (is_log or is_ckpt):
         continue
       # The host syncs here anyway: check the state before anything is
@@ -294,11 +313,7 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
         guard_lib.write_record(log, rec)
         raise diverged
       if is_eval:
-        score = round(float(evaluate(state.learned)), 3)
-        rec["val_acc"] = score
-        if not loop.select or score > ckpt["best_val"]:
-          ckpt.update(best=_host(state.learned), best_val=np.float64(score),
-                      best_step=np.int32(step))
+        rec["val_acc"] = _candidate(ckpt, evaluate, state, step, loop.select)
       if is_log:
         guard_lib.write_record(log, rec)
         obs.record(rec)
@@ -313,8 +328,24 @@ def outer_loop(workdir: str, state, step_fn: Callable, step_args: Callable,
       if last:
         break
   bar.update(loop.total if step == loop.total else step)
+  return _result(ckpt, state, step, guard, loop.select, t0)
+
+
+def _candidate(ckpt: dict, evaluate: Callable, state, step: int,
+               select: bool) -> float:
+  """Scores the state's set on validation; keeps it as the best if so."""
+  score = round(float(evaluate(state.learned)), 3)
+  if not select or score > ckpt["best_val"]:
+    ckpt.update(best=_host(state.learned), best_val=np.float64(score),
+                best_step=np.int32(step))
+  return score
+
+
+def _result(ckpt: dict, state, step: int, guard, select: bool,
+            t0: float) -> LoopResult:
+  """The finished run: the best-validation set (or the last one)."""
   scored = float(ckpt["best_val"]) >= 0
-  if not scored or not loop.select:  # the last state is the result.
+  if not scored or not select:  # the last state is the result.
     ckpt.update(best=_host(state.learned), best_step=np.int32(step))
   # Also a set restored from an older run's files: never return a NaN set.
   guard.check(step, None, ckpt["best"])
