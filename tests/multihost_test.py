@@ -88,17 +88,13 @@ def _metrics(workdir) -> list[dict]:
             for l in f]
 
 
-def _images(workdir) -> dict:
-  with np.load(os.path.join(workdir, "distilled.npz")) as z:
-    return {k: z[k] for k in ("images", "raw_lr")}
-
-
-def test_two_processes_equal_one(tmp_path):
-  port = str(_free_port())
-  procs = [subprocess.Popen(
-      [sys.executable, "-c", RUN, "2", str(i), port, str(tmp_path / f"p{i}")],
-      cwd=tmp_path, env=_env(4), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+def _two_processes(argv, cwd, env) -> list[str]:
+  """Runs `python -c *argv(i)` as processes 0 and 1 side by side; their
+  stdouts (each must exit 0; both are killed if one hangs)."""
+  procs = [subprocess.Popen([sys.executable, "-c", *argv(i)], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for i in (0, 1)]
   outs = []
   for p in procs:
     try:
@@ -109,6 +105,19 @@ def test_two_processes_equal_one(tmp_path):
       raise
     assert p.returncode == 0, err[-3000:]
     outs.append(out)
+  return outs
+
+
+def _images(workdir) -> dict:
+  with np.load(os.path.join(workdir, "distilled.npz")) as z:
+    return {k: z[k] for k in ("images", "raw_lr")}
+
+
+def test_two_processes_equal_one(tmp_path):
+  port = str(_free_port())
+  outs = _two_processes(
+      lambda i: [RUN, "2", str(i), port, str(tmp_path / f"p{i}")], tmp_path,
+      _env(4))
   one = subprocess.run([sys.executable, "-c", RUN, "1", "0", "0",
                         str(tmp_path / "one")], cwd=tmp_path, env=_env(8),
                        capture_output=True, text=True, timeout=240,
@@ -258,18 +267,9 @@ def test_two_processes_stream_their_shards(tmp_path):
       env=env, capture_output=True, text=True, timeout=240, check=False)
   assert prep.returncode == 0, prep.stderr[-3000:]
   port = str(_free_port())
-  procs = [subprocess.Popen(
-      [sys.executable, "-c", STREAM, "2", str(i), port, str(tmp_path / f"s{i}"),
-       raw, "stream"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-  for p in procs:
-    try:
-      _, err = p.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-    assert p.returncode == 0, err[-3000:]
+  _two_processes(lambda i: [STREAM, "2", str(i), port,
+                            str(tmp_path / f"s{i}"), raw, "stream"],
+                 tmp_path, env)
   one = subprocess.run([sys.executable, "-c", STREAM, "1", "0", "0",
                         str(tmp_path / "mem"), raw, "memory"], cwd=tmp_path,
                        env=dict(env, XLA_FLAGS=_env(8)["XLA_FLAGS"]),
