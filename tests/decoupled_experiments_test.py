@@ -131,3 +131,6 @@ def test_cpu_presets_by_ipc(ipc, batch, sizes):
     rec = cfg.replace_flat(method="delt").recover_cfg()
     assert schedules.round_sizes(rec.ipc, rec.rounds) == sizes
     assert rec.iterations == (800 if ipc == 50 else 1000)
+    post = cfg.post_cfg()
+    steps = -(-ipc * 10 // batch) * post.epochs  # Both fit in 30 minutes.
+    assert steps == {1: 300, 10: 600, 50: 600}[ipc], steps
