@@ -23,6 +23,10 @@ one pass over the records)::
 
   python benchmarks/streaming_memory.py --root=/tmp/stream_bench \\
       --train=700000 --test=20000 --limit_mb=1536
+
+``--method=delt`` (or another decoupled method) runs the decoupled pipeline
+instead (`_decoupled_child`): teacher, selection or recovery, and the fair
+evaluation, every one of them on the streamed splits.
 """
 
 import json
@@ -43,6 +47,9 @@ flags.DEFINE_integer("test", 20000, "generated test images")
 flags.DEFINE_integer("side", 32, "image height and width (3 channels)")
 flags.DEFINE_integer("limit_mb", 1536, "RLIMIT_DATA of the child runs (MiB)")
 flags.DEFINE_integer("outer_steps", 4, "outer steps of each run")
+flags.DEFINE_string("method", "rat_bptt", "rat_bptt, or a decoupled method "
+                    "(delt, sre2l, cda, rded, random_real): its teacher, "
+                    "selection and fair evaluation on the streamed splits")
 flags.DEFINE_string("child", None, "internal: run one child ('stream' or "
                     "'memory') on --dataset in --workdir")
 flags.DEFINE_string("dataset", None, "internal: the child's dataset folder")
@@ -194,6 +201,9 @@ def run_child(source: str, folder: str, workdir: str) -> dict:
   t = time.time()
   out = {"data_source": source, "limit_mib": FLAGS.limit_mb}
   try:
+    if FLAGS.method != "rat_bptt":
+      out.update(_decoupled_child(source, folder, workdir))
+      raise _Done
     # pylint: disable-next=g-import-not-at-top
     from distill_jax.methods import rat_bptt
     from distill_jax.run import train_rat  # pylint: disable=g-import-not-at-top
@@ -208,6 +218,8 @@ def run_child(source: str, folder: str, workdir: str) -> dict:
     report = train_rat.run(cfg, workdir, show_progress=False)
     out.update(ok=True, test_acc=report["test_acc"]["mean"],
                outer_steps=report["outer_steps"])
+  except _Done:
+    pass
   except MemoryError as e:
     out.update(ok=False, error=f"MemoryError: {str(e)[:200]}")
   out["time_s"] = round(time.time() - t, 1)
@@ -216,13 +228,42 @@ def run_child(source: str, folder: str, workdir: str) -> dict:
   return out
 
 
+class _Done(Exception):
+  """The decoupled child finished (its report is in `out`)."""
+
+
+def _decoupled_child(source: str, folder: str, workdir: str) -> dict:
+  """A decoupled run (`--method`) at tiny model sizes: the teacher trained
+  on 5 % of an epoch by the host loop, DELT's scoring pass over the whole
+  train split, recovery, then the fair evaluation (students, random real,
+  diversity, TD) with the test split read in passes."""
+  # pylint: disable-next=g-import-not-at-top
+  from distill_jax.methods.decoupled import config as config_lib
+  from distill_jax.run import train_decoupled  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.DecoupledConfig(
+      method=FLAGS.method, dataset=folder, ipc=1, val_size=1000,
+      data_source=source, rded_candidates=50,
+      teacher_cache=os.path.join(workdir, "teachers"),
+      eval_hard=False).replace_flat(
+          teacher_width=16, teacher_depth=2, teacher_epochs=0.05,
+          teacher_batch_size=256, recover_iterations=16, recover_rounds=2,
+          post_width=16, post_depth=2, post_epochs=20, post_eval_every=10)
+  report = train_decoupled.run(cfg, workdir, show_progress=False)
+  return {"ok": True, "method": FLAGS.method,
+          "teacher_test_acc": report["teacher_test_acc"],
+          "test_acc": report["test_acc"]["mean"],
+          "random_real_test_acc": report["evaluation"]["random_real_soft"][
+              "test_acc"]["mean"],
+          "td": report["evaluation"].get("td")}
+
+
 def _spawn(source: str, folder: str) -> dict:
   """Runs a child and returns its report (or how it died)."""
   cmd = [sys.executable, os.path.abspath(__file__),
          f"--child={source}", f"--dataset={folder}",
          f"--workdir={os.path.join(FLAGS.root, 'run_' + source)}",
          f"--limit_mb={FLAGS.limit_mb}",
-         f"--outer_steps={FLAGS.outer_steps}"]
+         f"--outer_steps={FLAGS.outer_steps}", f"--method={FLAGS.method}"]
   # One malloc arena, as the RaT-BPTT entry points configure it
   # (--malloc_arenas): the record reader's ~64 threads would otherwise each
   # keep an arena of freed buffers (+300 MiB resident after 250k reads).
@@ -253,6 +294,7 @@ def main(argv):
                                               1),
                   "prepare_s": prep_s},
       "limit": f"RLIMIT_DATA {FLAGS.limit_mb} MiB",
+      "method": FLAGS.method,
       "runs": [_spawn("stream", folder), _spawn("memory", folder)],
   }
   text = json.dumps(report, indent=1)

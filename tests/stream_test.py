@@ -6,7 +6,9 @@ a test split or standard statistics); nothing is downloaded.
 """
 
 import os
+import shutil
 
+import chex
 from etils import epath
 import grain
 import numpy as np
@@ -19,9 +21,13 @@ from distill_jax.data import sources
 from distill_jax.data import stream
 from distill_jax.eval import accuracy as accuracy_lib
 from distill_jax.methods import rat_bptt
+from distill_jax.methods.decoupled import config as config_lib
+from distill_jax.methods.decoupled import ssl
+from distill_jax.methods.decoupled import teacher as teacher_lib
 from distill_jax.run import loop as loop_lib
 from distill_jax.run import storage
 from distill_jax.run import train_dd
+from distill_jax.run import train_decoupled
 from distill_jax.run import train_rat
 from tests import test_utils
 
@@ -227,3 +233,69 @@ def test_dd_streamed_and_resumed_equals_memory(raw_dir, tmp_path):
   np.testing.assert_array_equal(a.images, b.images)
   assert want['test_acc'] == got['test_acc']
   assert want['val_acc'] == got['val_acc']
+
+
+def _decoupled_cfg(**kw):
+  cfg = config_lib.DecoupledConfig(dataset='mnist', ipc=1, val_size=10,
+                                   rded_candidates=4, eval_hard=False, **kw)
+  return cfg.replace_flat(
+      teacher_width=8, teacher_depth=2, teacher_epochs=2,
+      teacher_batch_size=32, recover_iterations=4, recover_rounds=2,
+      post_width=8, post_depth=2, post_epochs=1, post_eval_every=1,
+      post_students=2, post_lr=0.01)
+
+
+def test_decoupled_teacher_streamed_equals_memory(raw_dir):
+  mem, st = _both('mnist', manual_dir=raw_dir, val_size=10)
+  tcfg = _decoupled_cfg().teacher_cfg()
+  # The same cache entry either way, so streamed runs reuse its teacher.
+  assert teacher_lib.fingerprint(tcfg, mem) == teacher_lib.fingerprint(
+      tcfg, st)
+  model, want = teacher_lib.train(tcfg, mem)
+  _, got = teacher_lib.train(tcfg, st)  # A host loop reading the files.
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+  assert teacher_lib.test_accuracy(model, want, st) == \
+      teacher_lib.test_accuracy(model, want, mem)
+  rows = sources.images(st, 'train')
+  np.testing.assert_array_equal(rows[[5, 1, 5]], mem.x_train[[5, 1, 5]])
+  np.testing.assert_array_equal(rows[3:9], mem.x_train[3:9])
+  with pytest.raises(TypeError, match='not turned into one array'):
+    np.asarray(rows)
+  with pytest.raises(ValueError, match='ssl_train_limit'):
+    ssl.load_or_train(ssl.SSLConfig(train_limit=0), tcfg.model_spec(st), st,
+                      '/nonexistent', log=lambda *a: None)
+
+
+def test_decoupled_run_streamed_equals_memory(raw_dir, tmp_path):
+  """DELT (teacher-scored real init) and its fair evaluation (random real,
+  diversity, TD on the test split) from streamed splits equal the
+  in-memory run, the teacher reused from the in-memory run's cache."""
+  cache_mem, cache_st = tmp_path / 'cache_mem', tmp_path / 'cache_st'
+  want = train_decoupled.run(
+      _decoupled_cfg(method='delt', teacher_cache=str(cache_mem)),
+      str(tmp_path / 'mem'), data_dir=raw_dir, show_progress=False)
+  os.makedirs(cache_st)
+  for f in os.listdir(cache_mem):
+    if f.startswith('teacher_'):
+      shutil.copy(cache_mem / f, cache_st / f)
+  cfg = _decoupled_cfg(method='delt', teacher_cache=str(cache_st),
+                       data_source='stream')
+  got = train_decoupled.run(cfg, str(tmp_path / 'st'), data_dir=raw_dir,
+                            show_progress=False)
+  assert os.path.exists(cache_st / os.listdir(cache_mem)[0])
+  a = storage.load_distilled_set(str(tmp_path / 'mem' / 'distilled.npz'))
+  b = storage.load_distilled_set(str(tmp_path / 'st' / 'distilled.npz'))
+  np.testing.assert_array_equal(a.images, b.images)
+  for k in ('soft', 'random_real_soft', 'td', 'diversity',
+            'full_data_hard_acc'):
+    if isinstance(want['evaluation'][k], dict):
+      want['evaluation'][k].pop('time_s', None)
+      got['evaluation'][k].pop('time_s', None)
+    assert want['evaluation'][k] == got['evaluation'][k], k
+  # RDED's candidate crops read through the same rows.
+  mem, st = _both('mnist', manual_dir=raw_dir, val_size=10)
+  teacher = teacher_lib.load_or_train(cfg.teacher_cfg(), st, str(cache_st),
+                                      log=lambda *a: None)
+  rcfg = _decoupled_cfg(method='rded')
+  np.testing.assert_array_equal(train_decoupled.rded_images(rcfg, mem, teacher),
+                                train_decoupled.rded_images(rcfg, st, teacher))

@@ -85,3 +85,45 @@ def of(ds: base.Dataset, name: str, x=None) -> Split:
     return ds.streams[name]
   return InMemory(getattr(ds, f'x_{name}') if x is None else x,
                   getattr(ds, f'y_{name}'))
+
+
+class Rows:
+  """A streamed split's images, indexed like an array and read on demand.
+
+  ``rows[idx]`` (an int, a slice, an int or boolean array) reads just those
+  examples through `stream.StreamSplit.take` (every host reads all of
+  them, so every host sees the same values); ``len``, ``shape`` and
+  ``dtype`` are the array's. Code written for ``ds.x_train`` as an array
+  (a class-balanced pick, candidate crops, a pass in slices) runs unchanged
+  on a split that is never held in memory.
+  """
+
+  def __init__(self, split: stream.StreamSplit, example_shape, dtype):
+    self.split = split
+    self.shape = (len(split), *tuple(example_shape))
+    self.dtype = np.dtype(dtype)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, key) -> np.ndarray:
+    idx = np.arange(len(self))[key]
+    if idx.ndim == 0:
+      return self.split.take(idx[None])[0]
+    if not idx.size:
+      return np.zeros((0, *self.shape[1:]), self.dtype)
+    return self.split.take(idx)
+
+  def __array__(self, dtype=None, copy=None):
+    raise TypeError(f'a streamed split ({len(self)} examples) is not '
+                    'turned into one array; index it (rows[idx]), or load '
+                    "the data in memory (data_source='memory').")
+
+
+def images(ds: base.Dataset, name: str):
+  """The images of split ``name``: ``ds.x_<name>`` in memory, or `Rows`
+  reading them from the files when the split is streamed."""
+  if ds.streams and name in ds.streams:
+    x = getattr(ds, f'x_{name}')
+    return Rows(ds.streams[name], x.shape[1:], x.dtype)
+  return getattr(ds, f'x_{name}')

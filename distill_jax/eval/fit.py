@@ -185,7 +185,8 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
     model: a `nn.stat_models.StatModel` (`init`, `apply(variables, x,
       train=)` -> (logits, aux with "batch_stats")).
     tx: the optax optimiser (schedules included).
-    x: the training images.
+    x: the training images, or None: step t's images are then
+      `per_net["images"]`, read on the host (`fit_host`, a streamed split).
     indices: `(per_net, t) -> (batch,)` (`epoch_batches`, ...).
     loss: `(logits, targets) -> scalar`.
     targets: `(key, t, idx, images, mixing) -> targets`.
@@ -206,7 +207,7 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
   def step(state, t, p):
     idx = indices(p, t)
     k_aug, k_mix, k_tgt = jax.random.split(jax.random.fold_in(p["key"], t), 3)
-    images = x[idx]
+    images = x[idx] if x is not None else p["images"]
     if augment is not None:
       images = augment(k_aug, t, idx, images)
     mixing = None
@@ -227,3 +228,31 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
 
   return Trainer(init, step, lambda s: {"params": s.params,
                                         "batch_stats": s.batch_stats})
+
+
+def fit_host(trainer: Trainer, per_net, steps: int, indices: Callable,
+             read: Callable, *, read_ahead: int = 2):
+  """One network trained by a host loop whose images come from files.
+
+  The same steps as `fit` on one network (`per_net` without the network
+  axis), for a trainer built with images=None (`supervised`): each step is
+  one jitted call, and step t's images are ``read(indices(per_net, t))``
+  (a streamed split's `step_arrays`), read ahead by grain's prefetching
+  iterator while the device computes. Only `read_ahead` + 1 batches are in
+  memory; the result equals `fit` up to float summation order.
+
+  Returns:
+    `trainer.output` after `steps` steps.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  idx_of = jax.jit(indices)
+  step = jax.jit(lambda s, t, p, images: trainer.step(
+      s, t, {**p, "images": images}), donate_argnums=0)
+  reads = grain.MapDataset.range(steps).map(
+      lambda t: read(np.asarray(idx_of(per_net, t))))
+  state = jax.jit(trainer.init)(per_net)
+  batches = reads.to_iter_dataset(grain.ReadOptions(
+      num_threads=1, prefetch_buffer_size=read_ahead))
+  for t, images in enumerate(batches):
+    state = step(state, jnp.int32(t), per_net, images)
+  return trainer.output(state)

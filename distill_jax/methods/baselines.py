@@ -83,7 +83,7 @@ def random_real(key: jax.Array, x: np.ndarray, y: np.ndarray, *,
   for c, idx in enumerate(_class_indices(y, num_classes, need)):
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, c),
                                              len(idx)))
-    chosen.append(np.asarray(x)[idx[perm[:need]]])
+    chosen.append(np.asarray(x[idx[perm[:need]]]))  # x: array or Rows.
   return (_arrange(chosen, steps, per_class).astype(np.float32),
           _labels(num_classes, steps, per_class))
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import data
+from distill_jax.data import sources
 from distill_jax.eval import metrics
 from distill_jax.eval import td as td_lib
 from distill_jax.methods.decoupled import posttrain
@@ -174,8 +175,9 @@ def _random_real_rows(cfg, ds, ipc: int, soft_teacher, relabel, cache_dir,
                       log):
   """Random real images of the same IPC under the soft and (if
   `cfg.eval_hard`) hard protocols, each cached per protocol."""
-  rx, ry = rded.random_real(jax.random.key(cfg.seed + 7919), ds.x_train,
-                            ds.y_train, ipc, ds.num_classes)
+  rx, ry = rded.random_real(jax.random.key(cfg.seed + 7919),
+                            sources.images(ds, "train"), ds.y_train, ipc,
+                            ds.num_classes)
   rx = _floats(ds, np.asarray(rx)).reshape(-1, *ds.image_shape)
   ry = np.asarray(ry).reshape(-1)
   rand_soft = _cached(cfg, ds, ipc, cfg.post_cfg(), cache_dir, log, lambda: (
@@ -209,7 +211,7 @@ def _td(soft: dict, full, ds) -> dict:
   (heads fitted on validation features, disagreement on test)."""
   model, variables = soft["model"], soft["variables"]
   one = jax.tree.map(lambda a: a[0], variables)  # the first student.
-  xv, xt = _floats(ds, ds.x_val), _floats(ds, ds.x_test)
+  xv, xt = _floats(ds, ds.x_val), _floats(ds, sources.images(ds, "test"))
   return td_lib.transferred_discrepancy(
       _features(model, one, xv), _features(full.model, full.variables, xv),
       np.asarray(ds.y_val), num_classes=ds.num_classes,

@@ -31,6 +31,7 @@ import numpy as np
 from distill_jax import data
 from distill_jax import distilled_set
 from distill_jax.data import crops
+from distill_jax.data import sources
 from distill_jax.importers import contract as import_contract
 from distill_jax.methods.decoupled import config as config_lib
 from distill_jax.methods.decoupled import gvbsm
@@ -47,7 +48,7 @@ from distill_jax.run import loop as loop_lib
 from distill_jax.run import storage
 
 _RUN_CONTROL = ("eval_hard", "eval_random", "eval_metrics", "cross_archs",
-                "teacher_cache")
+                "teacher_cache", "data_source")
 
 
 def default_cache() -> str:
@@ -71,15 +72,16 @@ def recover_images(cfg, ds, teacher, workdir: str, *, resume: bool,
   key = jax.random.key(cfg.seed)
   k_init, k_loop = jax.random.split(key)
   scores = None
+  x_train = sources.images(ds, "train")  # Read on demand if streamed.
   if rcfg.init_mode == "real_medium":
-    scores = _true_class_prob(teacher, ds.x_train, ds.y_train)
-  x0 = recover.init_images(rcfg, k_init, c, ds.image_shape, ds.x_train,
+    scores = _true_class_prob(teacher, x_train, ds.y_train)
+  x0 = recover.init_images(rcfg, k_init, c, ds.image_shape, x_train,
                            ds.y_train, scores)
   from distill_jax.core import outer  # pylint: disable=g-import-not-at-top
   if rcfg.method == "gvbsm":
     tcfgs = gvbsm.member_cfgs(cfg.teacher_cfg(), cfg.gvbsm_pool)
     log("gvbsm: real conv statistics, one pass per teacher")
-    targets_ = [gvbsm.real_conv_stats(t, tc, ds.x_train, rcfg.stats_batch,
+    targets_ = [gvbsm.real_conv_stats(t, tc, x_train, rcfg.stats_batch,
                                       cfg.seed) for t, tc in zip(pool, tcfgs)]
     step = gvbsm.GvbsmStep(rcfg, pool, targets_, c, ds.mean, ds.std)
     state = outer.init_state(step.init_learned(x0), step.tx)
@@ -127,7 +129,8 @@ def rded_images(cfg, ds, teacher):
                                      min_scale=min_scale, per_image=True)[0]
            for k in keys]
     return jnp.stack(out, 1)
-  sel = rded.select(jax.random.key(cfg.seed), ds.x_train, ds.y_train,
+  sel = rded.select(jax.random.key(cfg.seed), sources.images(ds, "train"),
+                    ds.y_train,
                     num_classes=ds.num_classes, ipc=cfg.ipc,
                     score_fn=lambda xb, yb: score(jnp.asarray(xb),
                                                   jnp.asarray(yb)),
@@ -186,8 +189,9 @@ def _run_locked(cfg, workdir, dataset, data_dir, resume, show_progress):
   elif cfg.method == "rded":
     x = rded_images(cfg, ds, teacher)
   else:
-    x, _ = rded.random_real(jax.random.key(cfg.seed), ds.x_train,
-                            ds.y_train, cfg.ipc, ds.num_classes)
+    x, _ = rded.random_real(jax.random.key(cfg.seed),
+                            sources.images(ds, "train"), ds.y_train, cfg.ipc,
+                            ds.num_classes)
   info["synthesis_time_s"] = round(time.time() - t, 1)
   x = np.asarray(x, np.float32)
   if cfg.jpeg_quality:

@@ -22,6 +22,7 @@ recipe, one architecture each.
 import dataclasses
 import json
 
+from distill_jax.data import registry as data_registry
 from distill_jax.methods.decoupled import gvbsm
 from distill_jax.methods.decoupled import posttrain
 from distill_jax.methods.decoupled import recover as recover_lib
@@ -52,6 +53,10 @@ class DecoupledConfig:
   image_size: int = 0
   channels: int = 0
   train_limit: int = 0
+  # memory, stream (the train and test splits read from the prepared files
+  # by index: teachers, selection, statistics and evaluation; C.8 sizes),
+  # or auto (stream when larger than memory allows).
+  data_source: str = "memory"
   seed: int = 0
   teacher: teacher_lib.TeacherConfig = dataclasses.field(
       default_factory=teacher_lib.TeacherConfig)
@@ -78,6 +83,9 @@ class DecoupledConfig:
   def validate(self) -> "DecoupledConfig":
     if self.method not in METHODS:
       raise ValueError(f"method={self.method!r}; choose one of {METHODS}.")
+    if self.data_source not in data_registry.DATA_SOURCES:
+      raise ValueError(f"data_source={self.data_source!r}; choose one of "
+                       f"{data_registry.DATA_SOURCES}.")
     if self.val_size < 1:
       raise ValueError(f"val_size={self.val_size}: post-train selects its "
                        "epoch on a validation split; set val_size > 0.")

@@ -105,10 +105,8 @@ def ensemble(members, ds=None) -> relabel.Ensemble:
   """The pool's ensemble; with `ds`, its test accuracy in meta."""
   ens = relabel.Ensemble(members)
   if ds is not None:
-    norm = (tuple(ds.mean), tuple(ds.std)) if ds.x_test.dtype == np.uint8 \
-        else None
-    ens.meta["test_acc"] = teacher_lib.accuracy(ens.model, ens.variables,
-                                                ds.x_test, ds.y_test, norm)
+    ens.meta["test_acc"] = teacher_lib.test_accuracy(ens.model,
+                                                     ens.variables, ds)
   return ens
 
 

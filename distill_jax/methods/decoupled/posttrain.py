@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.data import crops
+from distill_jax.data import sources
 from distill_jax.eval import accuracy as accuracy_lib
 from distill_jax.eval import fit
 from distill_jax.methods.decoupled import relabel
@@ -220,21 +221,20 @@ def train_students(cfg: PostTrainConfig, images, labels, ds, teacher=None,
   out = jax.jit(lambda p: fit.fit(trainer, p, [e * per_epoch for e in epochs],
                                   parallel=cfg.parallel))(per_net)
   apply = teacher_lib.eval_apply(model)
-  norm = (tuple(ds.mean), tuple(ds.std)) if ds.x_test.dtype == np.uint8 \
-      else None
+  norm = teacher_lib.norm_of(ds)
 
-  def acc(i, x, y):
-    return accuracy_lib.accuracy(apply, jax.tree.map(lambda a: a[i], out),
-                                 x, y, norm=norm)
+  def acc(i, split):
+    return accuracy_lib.accuracy_on(apply, jax.tree.map(lambda a: a[i], out),
+                                    split, norm=norm)
   result = {"steps": steps, "batch_size": batch, "epochs": epochs}
   if cfg.select == "val" and len(ds.y_val):
-    val = [acc(i, ds.x_val, ds.y_val) for i in range(len(epochs))]
+    val = [acc(i, (ds.x_val, ds.y_val)) for i in range(len(epochs))]
     best = int(np.argmax([v.mean() for v in val]))
     result["val_by_epoch"] = {str(e): accuracy_lib.summary(v)
                               for e, v in zip(epochs, val)}
   else:
     best = len(epochs) - 1
-  test = acc(best, ds.x_test, ds.y_test)
+  test = acc(best, sources.of(ds, "test"))
   result.update(epoch=epochs[best], test=[float(a) for a in test],
                 test_acc=accuracy_lib.summary(test))
   if stored is not None:

@@ -155,7 +155,7 @@ def select(key: jax.Array, x, y, *, num_classes: int, ipc: int,
   Returns:
     An `RdedSet`.
   """
-  x = np.asarray(x)
+  x = x if hasattr(x, "shape") else np.asarray(x)  # An array or `Rows`.
   y = np.asarray(y).reshape(-1)
   out_hw = tuple(x.shape[1:3]) if out_hw is None else tuple(out_hw)
   need = ipc * factor * factor
@@ -169,7 +169,8 @@ def select(key: jax.Array, x, y, *, num_classes: int, ipc: int,
                        f"{need}.")
     k_cand, k_crop = jax.random.split(jax.random.fold_in(key, c))
     cand = idx[np.asarray(jax.random.permutation(k_cand, len(idx)))[:m]]
-    crops = np.asarray(crop_fn(k_crop, x[cand], num_crops), np.float32)
+    crops = np.asarray(crop_fn(k_crop, np.asarray(x[cand]), num_crops),
+                       np.float32)
     if crops.ndim != 5 or crops.shape[:2] != (m, num_crops):
       raise ValueError(f"crop_fn returned {crops.shape}; expected "
                        f"({m}, {num_crops}, h, w, ch).")

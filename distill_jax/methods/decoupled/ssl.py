@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax import data
+from distill_jax.data import sources
 from distill_jax.eval import fit
 from distill_jax.methods.decoupled import ssl_aug
 from distill_jax.methods.decoupled import teacher as teacher_lib
@@ -212,13 +213,20 @@ def probe(cfg: SSLConfig, model, variables, x, y):
 
 
 def _subset(cfg: SSLConfig, ds: data.Dataset):
-  x = (data.normalize(ds.x_train, ds.mean, ds.std)
-       if ds.x_train.dtype == np.uint8 else ds.x_train)
+  """The pre-training images (normalised) and labels: the train split, or
+  `train_limit` of them; from a streamed split only those are read."""
+  x = sources.images(ds, "train")
   y = np.asarray(ds.y_train)
   if cfg.train_limit and cfg.train_limit < len(y):
     idx = np.sort(np.random.default_rng(cfg.seed).choice(
         len(y), cfg.train_limit, replace=False))
     x, y = x[idx], y[idx]
+  elif isinstance(x, sources.Rows):
+    raise ValueError(
+        f"{ds.name}: SC-DD's SSL pre-training holds its images in memory "
+        f"and the train split ({len(y)} images) is streamed; set "
+        "--ssl_train_limit (e.g. 100000) or --data_source=memory.")
+  x = data.normalize(x, ds.mean, ds.std) if x.dtype == np.uint8 else x
   return np.asarray(x, np.float32), y
 
 
@@ -246,15 +254,13 @@ def load_or_train(cfg: SSLConfig, spec: dict, ds: data.Dataset,
   ssl_time = round(time.time() - t, 1)
   t = time.time()
   variables = probe(cfg, model, variables, x, y)
-  norm = (tuple(ds.mean), tuple(ds.std)) if ds.x_test.dtype == np.uint8 \
-      else None
+  norm = teacher_lib.norm_of(ds)
   meta = {"kind": "ssl_teacher", "recipe": dataclasses.asdict(cfg),
           "model": model.spec, "dataset": ds.name, "train_images": len(y),
           "mean": list(map(float, ds.mean)), "std": list(map(float, ds.std)),
           "class_names": list(ds.class_names), "ssl_time_s": ssl_time,
           "probe_time_s": round(time.time() - t, 1),
-          "test_acc": teacher_lib.accuracy(model, variables, ds.x_test,
-                                           ds.y_test, norm),
+          "test_acc": teacher_lib.test_accuracy(model, variables, ds),
           "val_acc": (teacher_lib.accuracy(model, variables, ds.x_val,
                                            ds.y_val, norm)
                       if len(ds.y_val) else None)}

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from distill_jax import data
+from distill_jax.data import sources
 from distill_jax.eval import accuracy as accuracy_lib
 from distill_jax.eval import fit
 from distill_jax.nn import stat_models
@@ -141,7 +142,11 @@ def cross_entropy(logits, labels):
 
 
 def train(cfg: TeacherConfig, ds: data.Dataset):
-  """Trains the teacher on `ds.x_train`; returns (model, variables)."""
+  """Trains the teacher on the train split; returns (model, variables).
+
+  In memory the whole run is one jitted loop over the split on the device;
+  a streamed split (`data.sources`) runs the same steps from a host loop
+  that reads each batch from the files (`fit.fit_host`)."""
   model = stat_models.build(cfg.model_spec(ds))
   n = len(ds.y_train)
   batch = min(cfg.batch_size, n)
@@ -150,32 +155,64 @@ def train(cfg: TeacherConfig, ds: data.Dataset):
   epochs = -(-steps // per_epoch)
   tx = optimizer(cfg.optimizer, cfg.lr, steps, schedule=cfg.schedule,
                  momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-  x = jnp.asarray(data.normalize(ds.x_train, ds.mean, ds.std)
-                  if ds.x_train.dtype == np.uint8 else ds.x_train)
+  split = sources.of(ds, "train")
+  streamed = sources.is_streamed(split)
+  x = None if streamed else jnp.asarray(
+      data.normalize(ds.x_train, ds.mean, ds.std)
+      if ds.x_train.dtype == np.uint8 else ds.x_train)
   y = jnp.asarray(ds.y_train)
+  indices = fit.epoch_batches(n, batch)
   trainer = fit.supervised(
-      model, tx, x, fit.epoch_batches(n, batch), cross_entropy,
+      model, tx, x, indices, cross_entropy,
       targets=lambda key, t, idx, images, mixing: y[idx],
       augment=pad_crop_flip(cfg.pad_crop, cfg.flip),
       mesh=sharding.data_mesh(batch, "teacher batch size"))
-  return model, fit_one(trainer, cfg.seed, steps, epochs)
+  if not streamed:
+    return model, fit_one(trainer, cfg.seed, steps, epochs)
+  per_net = jax.tree.map(lambda a: a[0], net_keys(cfg.seed, epochs))
+  read = lambda idx: _floats(split.step_arrays(idx)[0], ds)
+  return model, jax.block_until_ready(
+      fit.fit_host(trainer, per_net, steps, indices, read))
+
+
+def _floats(x, ds):
+  return data.normalize(x, ds.mean, ds.std) if x.dtype == np.uint8 else x
+
+
+def net_keys(seed: int, epochs: int) -> dict:
+  """One network's init, augmentation and per-epoch order keys from
+  `seed`, with a leading network axis of 1."""
+  k_init, k_order, k_aug = jax.random.split(jax.random.key(seed), 3)
+  return {"init_key": k_init[None], "key": k_aug[None],
+          "keys": jax.random.split(k_order, epochs)[None]}
 
 
 def fit_one(trainer: fit.Trainer, seed: int, steps: int, epochs: int):
-  """Runs `trainer` for `steps` steps on one network (init, augmentation
-  and per-epoch order keys from `seed`); returns its final output."""
-  k_init, k_order, k_aug = jax.random.split(jax.random.key(seed), 3)
-  per_net = {"init_key": k_init[None], "key": k_aug[None],
-             "keys": jax.random.split(k_order, epochs)[None]}
-  out = jax.jit(lambda p: fit.fit(trainer, p, (steps,)))(per_net)
+  """Runs `trainer` for `steps` steps on one network (`net_keys(seed)`);
+  returns its final output."""
+  out = jax.jit(lambda p: fit.fit(trainer, p, (steps,)))(
+      net_keys(seed, epochs))
   return jax.block_until_ready(jax.tree.map(lambda a: a[0, 0], out))
 
 
-def accuracy(model, variables, x, y, norm=None) -> float:
-  """Eval-mode (running statistics) accuracy of one network, in [0, 1]."""
+def accuracy(model, variables, x, y=None, norm=None) -> float:
+  """Eval-mode (running statistics) accuracy of one network, in [0, 1],
+  on (x, y) or on a split (`data.sources`: in memory or streamed)."""
   batched = jax.tree.map(lambda a: a[None], variables)
-  return float(accuracy_lib.accuracy(eval_apply(model), batched, x, y,
-                                     batch=500, norm=norm)[0])
+  split = (x, y) if y is not None else x
+  return float(accuracy_lib.accuracy_on(eval_apply(model), batched, split,
+                                        batch=500, norm=norm)[0])
+
+
+def test_accuracy(model, variables, ds: data.Dataset) -> float:
+  """`accuracy` on the test split (read from the files if streamed)."""
+  return accuracy(model, variables, sources.of(ds, "test"), norm=norm_of(ds))
+
+
+def norm_of(ds: data.Dataset):
+  """(mean, std) when the splits hold uint8 pixels, else None."""
+  return (tuple(ds.mean), tuple(ds.std)) if ds.x_test.dtype == np.uint8 \
+      else None
 
 
 def fingerprint(cfg, ds: data.Dataset) -> str:
@@ -188,7 +225,7 @@ def fingerprint(cfg, ds: data.Dataset) -> str:
        "mean": list(map(float, ds.mean)), "std": list(map(float, ds.std))},
       sort_keys=True).encode())
   h.update(np.ascontiguousarray(ds.y_train).tobytes())
-  h.update(np.ascontiguousarray(ds.x_train[:64]).tobytes())
+  h.update(np.ascontiguousarray(sources.images(ds, "train")[:64]).tobytes())
   return h.hexdigest()[:16]
 
 
@@ -222,14 +259,13 @@ def load_or_train(cfg: TeacherConfig, ds: data.Dataset, cache_dir: str, *,
                                        variables), meta)
   t = time.time()
   model, variables = train(cfg, ds)
-  norm = (tuple(ds.mean), tuple(ds.std)) if ds.x_test.dtype == np.uint8 \
-      else None
+  norm = norm_of(ds)
   meta = {"kind": "teacher", "recipe": dataclasses.asdict(cfg),
           "model": model.spec, "dataset": ds.name,
           "mean": list(map(float, ds.mean)), "std": list(map(float, ds.std)),
           "class_names": list(ds.class_names),
           "train_time_s": round(time.time() - t, 1),
-          "test_acc": accuracy(model, variables, ds.x_test, ds.y_test, norm),
+          "test_acc": test_accuracy(model, variables, ds),
           "val_acc": (accuracy(model, variables, ds.x_val, ds.y_val, norm)
                       if len(ds.y_val) else None)}
   os.makedirs(cache_dir, exist_ok=True)
