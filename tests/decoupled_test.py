@@ -214,6 +214,12 @@ class RecoverTest(chex.TestCase):
                                   [[0, 1, 2, 3], [4, 5, 6, 7]])
     with self.assertRaisesRegex(ValueError, "batch_size=3"):
       recover.batches(dataclasses.replace(cfg, batch_size=3), 4)
+    # Cross-class batches of 2 of the 4 classes (SC-DD's IN-1K: 50 of 1000).
+    cfg = recover.RecoverConfig(ipc=2, batch_size=2)
+    np.testing.assert_array_equal(recover.batches(cfg, 4),
+                                  [[0, 2], [4, 6], [1, 3], [5, 7]])
+    with self.assertRaisesRegex(ValueError, "batch_size=3 must divide"):
+      recover.batches(dataclasses.replace(cfg, batch_size=3), 4)
 
   def test_delt_rounds_forward_only_active_images(self):
     cfg = recover.RecoverConfig(method="delt", ipc=10, iterations=80,

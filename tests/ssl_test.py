@@ -253,3 +253,35 @@ def test_simclr_loss_gradient_finite_differences(blobs):
     gradcheck.assert_float64(f, sub)
     gradcheck.check_with_mutations(f, sub, jax.grad(f)(sub),
                                    key=jax.random.key(2), num_dirs=2)
+
+
+def test_scdd_gpu_presets_at_tiny_size(tmp_path):
+  """SC-DD's Tiny-ImageNet and ImageNet-1K presets: their settings, and the
+  ImageNet-1K one (cross-class batches of some classes, RRC, AdamW
+  students) run end to end with tiny networks."""
+  from distill_jax.run import train_decoupled  # pylint: disable=g-import-not-at-top
+  tiny = presets.DECOUPLED("gpu_scdd_tiny_ipc50")
+  assert (tiny.method, tiny.image_size, tiny.recover.lr, tiny.post.epochs,
+          tiny.post.optimizer, tiny.post.lr) == ("scdd", 64, 0.6, 500, "sgd",
+                                                  0.2)
+  cfg = presets.DECOUPLED("gpu_scdd_imagenet1k_ipc10")
+  rc = cfg.recover_cfg()
+  assert (cfg.image_size, rc.lr, rc.r_bn, rc.batch_mode, rc.batch_size,
+          rc.crop, cfg.ssl.lr, cfg.post.temperature, cfg.post.mix) == (
+              224, 0.25, 0.01, "cross_class", 50, True, 0.03, 20.0, "cutmix")
+  ds = test_utils.tiny_dataset(n_train=48, n_val=8, n_test=8,
+                               shape=(8, 8, 3), classes=4)
+  cfg = cfg.replace_flat(
+      ipc=2, val_size=8, teacher_arch="convnet_bn", teacher_width=4,
+      teacher_depth=1, teacher_epochs=1, teacher_batch_size=16,
+      ssl_epochs=1, ssl_batch_size=16, ssl_proj_hidden=4, ssl_proj_dim=4,
+      ssl_probe_epochs=1, recover_iterations=2, recover_batch_size=2,
+      recover_jitter=1, post_arch="convnet_bn", post_width=4, post_depth=1,
+      post_epochs=1, post_batch_size=4, post_students=1, eval_hard=False,
+      eval_random=False, eval_metrics=False,
+      teacher_cache=str(tmp_path / "teachers"))
+  rep = train_decoupled.run(cfg, str(tmp_path / "wd"), dataset=ds,
+                            show_progress=False)
+  assert rep["iterations"] == 2 and rep["image_iterations"] == 2 * 8
+  assert rep["evaluation"]["protocol"]["optimizer"] == "adamw"
+  assert 0.0 <= rep["test_acc"]["mean"] <= 100.0

@@ -55,7 +55,10 @@ class RecoverConfig:
   r_bn: float = 0.01
   first_bn_multiplier: float = 10.0
   batching: str = ""  # "": DELT class_grouped, the others cross_class.
-  batch_size: int = 0  # class_grouped: images per batch (0: one class).
+  # Images per batch. class_grouped: a multiple of ipc (0: one class);
+  # cross_class: one per class, classes in chunks of this many (0: all,
+  # SRe2L's IN-1K code takes 100; SC-DD's 50).
+  batch_size: int = 0
   per_image_aug: bool = False  # False: one draw per batch (released code).
   crop: bool = True
   min_scale: float = 0.25  # RRC scale floor (C.7 at 28 px; released 0.08).
@@ -111,8 +114,12 @@ def batches(cfg: RecoverConfig, num_classes: int) -> np.ndarray:
   """(num_batches, B) flat indices (class c, slot j) -> c * IPC + j."""
   c, ipc = num_classes, cfg.ipc
   flat = np.arange(c * ipc).reshape(c, ipc)
-  if cfg.batch_mode == "cross_class":
-    return flat.T.copy()  # batch j: slot j of every class.
+  if cfg.batch_mode == "cross_class":  # slot j of every class, in chunks.
+    size = cfg.batch_size or c
+    if c % size:
+      raise ValueError(f"cross_class batch_size={size} must divide the {c} "
+                       "classes (one image of each class in a batch).")
+    return flat.T.reshape(-1, size).copy()
   size = cfg.batch_size or ipc
   if size % ipc or (c * ipc) % size:
     raise ValueError(f"class_grouped batch_size={size} must be a multiple "
