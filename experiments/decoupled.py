@@ -19,12 +19,16 @@ Commands (2-core CPU; data from ../shared/datasets):
 Presets: fashion_ipc1, fashion_ipc10 (default), fashion_ipc50, cifar10_ipc1,
 cifar10_ipc10,
 cifar10_ipc50 (the offline JPEG copy of CIFAR-10), gpu_cifar10_ipc10/50
-(the papers' settings), gpu_scdd_cifar100_ipc50 (SC-DD's CIFAR-100
-settings), gpu_gvbsm_cifar100_ipc50, gpu_gvbsm_tiny_ipc50,
+(the papers' settings), gpu_scdd_cifar100_ipc50, gpu_scdd_tiny_ipc50,
+gpu_scdd_imagenet1k_ipc10 (SC-DD's settings), gpu_gvbsm_cifar100_ipc50, gpu_gvbsm_tiny_ipc50,
 gpu_gvbsm_imagenet1k_ipc10 (G-VBSM's settings), smoke. With --method=scdd
 every preset takes SC-DD's recover settings (lr 0.4, r_bn 0.005, jitter 4,
 no crop or flip) except those given as flags. Measured results:
 docs/results/decoupled.md.
+
+--data_source=stream reads the train and test splits from the prepared
+TFDS files by index (teacher, selection, statistics and evaluation), for
+datasets larger than memory.
 
 Outputs in --workdir: config.json, recover/ (metrics.jsonl, checkpoints),
 distilled.npz (a DistilledSet with hard labels), report.json (soft- and
