@@ -205,7 +205,7 @@ def supervised(model, tx, x, indices: Callable, loss: Callable, *,
                     tx.init(variables["params"]))
 
   def step(state, t, p):
-    idx = indices(p, t)
+    idx = p["idx"] if "idx" in p else indices(p, t)  # "idx": `fit_host`.
     k_aug, k_mix, k_tgt = jax.random.split(jax.random.fold_in(p["key"], t), 3)
     images = x[idx] if x is not None else p["images"]
     if augment is not None:
@@ -235,7 +235,8 @@ def fit_host(trainer: Trainer, per_net, steps: int, indices: Callable,
   """One network trained by a host loop whose images come from files.
 
   The same steps as `fit` on one network (`per_net` without the network
-  axis), for a trainer built with images=None (`supervised`): each step is
+  axis), for a trainer built with images=None (`supervised`; step t gets
+  its indices drawn once, on the host, as per_net["idx"]): each step is
   one jitted call, and step t's images are ``read(indices(per_net, t))``
   (a streamed split's `step_arrays`), read ahead by grain's prefetching
   iterator while the device computes. Only `read_ahead` + 1 batches are in
@@ -246,13 +247,16 @@ def fit_host(trainer: Trainer, per_net, steps: int, indices: Callable,
   """
   import grain  # pylint: disable=g-import-not-at-top
   idx_of = jax.jit(indices)
-  step = jax.jit(lambda s, t, p, images: trainer.step(
-      s, t, {**p, "images": images}), donate_argnums=0)
-  reads = grain.MapDataset.range(steps).map(
-      lambda t: read(np.asarray(idx_of(per_net, t))))
+  step = jax.jit(lambda s, t, p, idx, images: trainer.step(
+      s, t, {**p, "idx": idx, "images": images}), donate_argnums=0)
+
+  def read_step(t):  # The indices are drawn once, here, and passed on.
+    idx = np.asarray(idx_of(per_net, t))
+    return idx, read(idx)
+  reads = grain.MapDataset.range(steps).map(read_step)
   state = jax.jit(trainer.init)(per_net)
   batches = reads.to_iter_dataset(grain.ReadOptions(
       num_threads=1, prefetch_buffer_size=read_ahead))
-  for t, images in enumerate(batches):
-    state = step(state, jnp.int32(t), per_net, images)
+  for t, (idx, images) in enumerate(batches):
+    state = step(state, jnp.int32(t), per_net, idx, images)
   return trainer.output(state)
